@@ -1,0 +1,38 @@
+"""Test-wide capability checks: one place decides which tests this host can run.
+
+Markers: ``vm`` needs qemu-system (TCG is fine), ``root`` needs root and loop
+devices, ``slow`` is a long real build (``make test-slow``). Skips always say why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+def _vm_missing() -> str | None:
+    for tool in ("qemu-system-x86_64", "qemu-img"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (run scripts/setup-host.sh)"
+    if not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
+        return "OVMF firmware not installed (package ovmf)"
+    return None
+
+
+def _root_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not Path("/dev/loop-control").exists():
+        return "no loop devices (/dev/loop-control missing)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reasons = {"vm": _vm_missing(), "root": _root_missing()}
+    for item in items:
+        for marker, reason in reasons.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=f"{marker} test: {reason}"))
