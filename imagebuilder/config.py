@@ -233,10 +233,7 @@ def _sha256(v: Any) -> str | None:
 
 
 def _packages(v: Any) -> tuple[str, ...]:
-    if isinstance(v, (list, tuple)):
-        items = [str(x) for x in v]
-    else:
-        items = re.split(r"[,\s]+", str(v))
+    items = [str(x) for x in v] if isinstance(v, (list, tuple)) else re.split(r"[,\s]+", str(v))
     return tuple(x for x in items if x)
 
 
@@ -253,40 +250,204 @@ def _choices(cls: type[enum.Enum]) -> tuple[str, ...]:
 
 OPTIONS: tuple[Option, ...] = (
     Option("arch", "", str, "target architecture", ("amd64", "arm64")),
-    Option("layout", "", _enum(Layout), "image layout: cloud image root tar, or an installer build (flat tar / LVM dd)", _choices(Layout)),
-    Option("base", "source", _enum(BaseKind), "where the base disk comes from: the distribution's cloud image, or bootstrapped from an apt mirror with mmdebstrap (no VM)", _choices(BaseKind)),
-    Option("base-image", "source", _opt_str, "use this local file or URL as the base image instead of the catalogue's", metavar="PATH|URL"),
-    Option("base-sha256", "source", _sha256, "expected sha256 of --base-image (required for URLs without a SHA256SUMS beside them)", metavar="HEX"),
-    Option("serial", "source", _opt_str, "pin a cloud image build, e.g. 20240507 or release-20240507", metavar="SERIAL"),
-    Option("released", "source", _bool, "use the released/ image tree instead of the daily current/", flag=True),
-    Option("mirror", "source", _opt_str, "replace the cloud-images host, or (with --base bootstrap) the apt mirror", metavar="URL"),
-    Option("keyring", "source", _opt_path, "GPG keyring that signs SHA256SUMS (default: the distribution's, where installed)", metavar="FILE"),
-    Option("require-signature", "source", _bool, "fail instead of warning when SHA256SUMS cannot be signature-checked", flag=True),
+    Option(
+        "layout",
+        "",
+        _enum(Layout),
+        "image layout: cloud image root tar, or an installer build (flat tar / LVM dd)",
+        _choices(Layout),
+    ),
+    Option(
+        "base",
+        "source",
+        _enum(BaseKind),
+        "where the base disk comes from: the distribution's cloud image, "
+        "or built from an apt mirror with mmdebstrap (no VM)",
+        _choices(BaseKind),
+    ),
+    Option(
+        "base-image",
+        "source",
+        _opt_str,
+        "use this local file or URL as the base image instead of the catalogue's",
+        metavar="PATH|URL",
+    ),
+    Option(
+        "base-sha256",
+        "source",
+        _sha256,
+        "expected sha256 of --base-image (required for URLs without a SHA256SUMS beside them)",
+        metavar="HEX",
+    ),
+    Option(
+        "serial",
+        "source",
+        _opt_str,
+        "pin a cloud image build, e.g. 20240507 or release-20240507",
+        metavar="SERIAL",
+    ),
+    Option(
+        "released",
+        "source",
+        _bool,
+        "use the released/ image tree instead of the daily current/",
+        flag=True,
+    ),
+    Option(
+        "mirror",
+        "source",
+        _opt_str,
+        "replace the cloud-images host, or (with --base bootstrap) the apt mirror",
+        metavar="URL",
+    ),
+    Option(
+        "keyring",
+        "source",
+        _opt_path,
+        "GPG keyring that signs SHA256SUMS (default: the distribution's, where installed)",
+        metavar="FILE",
+    ),
+    Option(
+        "require-signature",
+        "source",
+        _bool,
+        "fail instead of warning when SHA256SUMS cannot be signature-checked",
+        flag=True,
+    ),
     Option("offline", "source", _bool, "use only the cache; never touch the network", flag=True),
-    Option("cache-dir", "source", lambda v: Path(str(v)).expanduser(), "where downloads and base disks are cached", metavar="DIR"),
-    Option("packages", "source", _packages, "extra packages for --base bootstrap (comma separated)", metavar="PKG,..."),
-    Option("firmware", "machine", _enum(Firmware), "build VM firmware: OVMF (UEFI) or SeaBIOS", _choices(Firmware)),
-    Option("accel", "machine", _enum(Accel), "accelerator; auto tests that KVM really runs a guest and falls back to TCG", _choices(Accel)),
+    Option(
+        "cache-dir",
+        "source",
+        lambda v: Path(str(v)).expanduser(),
+        "where downloads and base disks are cached",
+        metavar="DIR",
+    ),
+    Option(
+        "packages",
+        "source",
+        _packages,
+        "extra packages for --base bootstrap (comma separated)",
+        metavar="PKG,...",
+    ),
+    Option(
+        "firmware",
+        "machine",
+        _enum(Firmware),
+        "build VM firmware: OVMF (UEFI) or SeaBIOS",
+        _choices(Firmware),
+    ),
+    Option(
+        "accel",
+        "machine",
+        _enum(Accel),
+        "accelerator; auto tests that KVM really runs a guest and falls back to TCG",
+        _choices(Accel),
+    ),
     Option("memory", "machine", _pos_int, "build VM memory in MiB", metavar="MIB"),
     Option("cpus", "machine", _pos_int, "build VM vCPUs", metavar="N"),
     Option("disk-size", "machine", _size, "size of the build disk", metavar="SIZE"),
-    Option("timeout", "machine", _opt_float, "seconds to wait for the guest (default scales with the accelerator)", metavar="SECONDS"),
-    Option("vnc", "machine", _bool, "show the VM's screen on a VNC display bound to 127.0.0.1", flag=True),
+    Option(
+        "timeout",
+        "machine",
+        _opt_float,
+        "seconds to wait for the guest (default scales with the accelerator)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "vnc",
+        "machine",
+        _bool,
+        "show the VM's screen on a VNC display bound to 127.0.0.1",
+        flag=True,
+    ),
     Option("console", "machine", _bool, "copy the VM's serial console to the terminal", flag=True),
-    Option("customize", "provision", _opt_path, "script (any executable) run as root inside the VM", metavar="SCRIPT"),
-    Option("http-dir", "provision", _opt_path, "directory served to the guest; its URL is in $IMAGEBUILDER_HTTP", metavar="DIR"),
-    Option("kernel", "provision", _opt_str, "install this kernel package in the image and pin it for curtin (/curtin/CUSTOM_KERNEL)", metavar="PKG"),
-    Option("http-proxy", "provision", _opt_str, "proxy for the guest during the build only (default: $http_proxy)", metavar="URL"),
-    Option("https-proxy", "provision", _opt_str, "https proxy for the guest during the build only (default: $https_proxy)", metavar="URL"),
-    Option("no-proxy", "provision", _opt_str, "hosts the guest reaches without proxy (default: $no_proxy)", metavar="HOSTS"),
-    Option("output", "output", _opt_path, "output file (default: packer-maas's name, e.g. custom-cloudimg.tar.gz)", metavar="FILE"),
-    Option("filetype", "output", _enum(FileType), "MAAS filetype of the output", _choices(FileType)),
-    Option("compression", "output", _enum(Compression), "compression effort", _choices(Compression)),
-    Option("curtin-hooks", "output", _opt_path, "ship this directory as /curtin instead of the built-in hooks", metavar="DIR"),
-    Option("disk-backend", "output", _enum(DiskBackend), "how the finished disk is read: loop mount (root), nbdfuse+fuse2fs, or libguestfs", _choices(DiskBackend)),
-    Option("source-date-epoch", "output", _opt_int, "clamp output mtimes to this time (default: $SOURCE_DATE_EPOCH, else the base image's date)", metavar="SECONDS"),
-    Option("work-dir", "output", _opt_path, "where the build directory (overlay disk, logs) is made (default: a temp dir)", metavar="DIR"),
-    Option("keep-disk", "output", _bool, "keep the build directory after a successful build", flag=True),
+    Option(
+        "customize",
+        "provision",
+        _opt_path,
+        "script (any executable) run as root inside the VM",
+        metavar="SCRIPT",
+    ),
+    Option(
+        "http-dir",
+        "provision",
+        _opt_path,
+        "directory served to the guest; its URL is in $IMAGEBUILDER_HTTP",
+        metavar="DIR",
+    ),
+    Option(
+        "kernel",
+        "provision",
+        _opt_str,
+        "install this kernel package in the image and pin it for curtin (/curtin/CUSTOM_KERNEL)",
+        metavar="PKG",
+    ),
+    Option(
+        "http-proxy",
+        "provision",
+        _opt_str,
+        "proxy for the guest during the build only (default: $http_proxy)",
+        metavar="URL",
+    ),
+    Option(
+        "https-proxy",
+        "provision",
+        _opt_str,
+        "https proxy for the guest during the build only (default: $https_proxy)",
+        metavar="URL",
+    ),
+    Option(
+        "no-proxy",
+        "provision",
+        _opt_str,
+        "hosts the guest reaches without proxy (default: $no_proxy)",
+        metavar="HOSTS",
+    ),
+    Option(
+        "output",
+        "output",
+        _opt_path,
+        "output file (default: packer-maas's name, e.g. custom-cloudimg.tar.gz)",
+        metavar="FILE",
+    ),
+    Option(
+        "filetype", "output", _enum(FileType), "MAAS filetype of the output", _choices(FileType)
+    ),
+    Option(
+        "compression", "output", _enum(Compression), "compression effort", _choices(Compression)
+    ),
+    Option(
+        "curtin-hooks",
+        "output",
+        _opt_path,
+        "ship this directory as /curtin instead of the built-in hooks",
+        metavar="DIR",
+    ),
+    Option(
+        "disk-backend",
+        "output",
+        _enum(DiskBackend),
+        "how the finished disk is read: loop mount (root), nbdfuse+fuse2fs, or libguestfs",
+        _choices(DiskBackend),
+    ),
+    Option(
+        "source-date-epoch",
+        "output",
+        _opt_int,
+        "clamp output mtimes to this time "
+        "(default: $SOURCE_DATE_EPOCH, else the base image's date)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "work-dir",
+        "output",
+        _opt_path,
+        "where the build directory (overlay disk, logs) is made (default: a temp dir)",
+        metavar="DIR",
+    ),
+    Option(
+        "keep-disk", "output", _bool, "keep the build directory after a successful build", flag=True
+    ),
 )
 
 _BY_KEY = {o.key: o for o in OPTIONS}
@@ -313,7 +474,10 @@ def load_toml(path: Path) -> dict[str, Any]:
         elif k == "series" or (k in _BY_KEY and _BY_KEY[k].section == ""):
             flat[k] = v
         else:
-            errors.append(f"{path}: unknown key {k}" + (f" (it belongs in [{_BY_KEY[k].section}])" if k in _BY_KEY else ""))
+            errors.append(
+                f"{path}: unknown key {k}"
+                + (f" (it belongs in [{_BY_KEY[k].section}])" if k in _BY_KEY else "")
+            )
     if errors:
         raise ConfigError("; ".join(errors), hint="see 'imagebuilder --help' for the option names")
     return flat
@@ -352,7 +516,13 @@ def resolve(
         raw["source_date_epoch"] = environ["SOURCE_DATE_EPOCH"]
 
     errors: list[str] = []
-    sections: dict[str, dict[str, Any]] = {"": {}, "source": {}, "machine": {}, "provision": {}, "output": {}}
+    sections: dict[str, dict[str, Any]] = {
+        "": {},
+        "source": {},
+        "machine": {},
+        "provision": {},
+        "output": {},
+    }
     for key, value in raw.items():
         if key == "series":
             continue
@@ -387,7 +557,9 @@ def resolve(
     _check_paths(sections, errors)
     if errors:
         raise ConfigError(
-            "; ".join(errors) if len(errors) == 1 else f"{len(errors)} errors: " + "; ".join(errors),
+            "; ".join(errors)
+            if len(errors) == 1
+            else f"{len(errors)} errors: " + "; ".join(errors),
             hint="see 'imagebuilder --help'",
         )
     return Config(

@@ -87,7 +87,8 @@ class CommandError(ImageBuilderError):
         self.returncode = returncode
         self.stderr = stderr
         tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
-        msg = f"{shlex.join(self.argv[:4])}{' ...' if len(argv) > 4 else ''} failed (exit {returncode})"
+        more = " ..." if len(argv) > 4 else ""
+        msg = f"{shlex.join(self.argv[:4])}{more} failed (exit {returncode})"
         if tail:
             msg += f": {tail[0]}"
         super().__init__(msg, hint=hint, details="\n".join(stderr.strip().splitlines()[-30:]))

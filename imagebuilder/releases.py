@@ -36,7 +36,8 @@ class Release:
     version: str
     lts: bool
     released: _dt.date
-    eol: _dt.date  # end of standard (free) support
+    eol: _dt.date  # end of standard support
+    extended_eol: _dt.date | None = None  # end of Ubuntu ESM / Debian LTS security support
     arches: tuple[str, ...] = ("amd64", "arm64")
     #: Kernel package names by flavour; the first is the default.
     kernels: tuple[str, ...] = ()
@@ -54,8 +55,10 @@ class Release:
         if today < self.released:
             return "development"
         if today > self.eol:
+            if self.extended_eol and today <= self.extended_eol:
+                return "ESM only" if self.distro == "ubuntu" else "Debian LTS (security only)"
             return "end of life"
-        return "supported (LTS)" if self.lts else "supported"
+        return "supported (LTS)" if self.lts and self.distro == "ubuntu" else "supported"
 
     def kernel_package(self, arch: str, flavour: str | None = None) -> str:
         """The kernel package MAAS/curtin should install for this release."""
@@ -107,13 +110,22 @@ def _d(s: str) -> _dt.date:
 _UBUNTU_KERNELS = ("linux-generic", "linux-lowlatency", "linux-virtual", "linux-kvm")
 
 
-def _ubuntu(codename: str, version: str, lts: bool, released: str, eol: str) -> Release:
+def _ubuntu(
+    codename: str, version: str, lts: bool, released: str, eol: str, esm: str | None = None
+) -> Release:
     return Release(
-        "ubuntu", codename, version, lts, _d(released), _d(eol), kernels=_UBUNTU_KERNELS
+        "ubuntu",
+        codename,
+        version,
+        lts,
+        _d(released),
+        _d(eol),
+        extended_eol=_d(esm) if esm else None,
+        kernels=_UBUNTU_KERNELS,
     )
 
 
-def _debian(codename: str, version: str, released: str, eol: str) -> Release:
+def _debian(codename: str, version: str, released: str, eol: str, lts_eol: str) -> Release:
     return Release(
         "debian",
         codename,
@@ -121,6 +133,7 @@ def _debian(codename: str, version: str, released: str, eol: str) -> Release:
         True,
         _d(released),
         _d(eol),
+        extended_eol=_d(lts_eol),
         kernels=("linux-image-{arch}", "linux-image-cloud-{arch}", "linux-image-rt-{arch}"),
         checksum_file="SHA512SUMS",
         signature_file=None,
@@ -129,14 +142,14 @@ def _debian(codename: str, version: str, released: str, eol: str) -> Release:
 
 
 RELEASES: tuple[Release, ...] = (
-    _ubuntu("focal", "20.04", True, "2020-04-23", "2025-05-31"),
-    _ubuntu("jammy", "22.04", True, "2022-04-21", "2027-06-01"),
-    _ubuntu("noble", "24.04", True, "2024-04-25", "2029-05-31"),
-    _ubuntu("resolute", "26.04", True, "2026-04-23", "2031-05-31"),
+    _ubuntu("focal", "20.04", True, "2020-04-23", "2025-05-31", "2030-04-30"),
+    _ubuntu("jammy", "22.04", True, "2022-04-21", "2027-06-01", "2032-04-30"),
+    _ubuntu("noble", "24.04", True, "2024-04-25", "2029-05-31", "2034-04-30"),
+    _ubuntu("resolute", "26.04", True, "2026-04-23", "2031-05-31", "2036-04-30"),
     _ubuntu("stonking", "26.10", False, "2026-10-15", "2027-07-31"),
-    _debian("bullseye", "11", "2021-08-14", "2024-08-14"),
-    _debian("bookworm", "12", "2023-06-10", "2026-06-10"),
-    _debian("trixie", "13", "2025-08-09", "2028-08-09"),
+    _debian("bullseye", "11", "2021-08-14", "2024-08-14", "2026-08-31"),
+    _debian("bookworm", "12", "2023-06-10", "2026-06-10", "2028-06-30"),
+    _debian("trixie", "13", "2025-08-09", "2028-08-09", "2030-06-30"),
 )
 
 _BY_NAME = {r.codename: r for r in RELEASES} | {r.version: r for r in RELEASES}

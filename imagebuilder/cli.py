@@ -1,0 +1,472 @@
+"""The command line: argparse in, exit code out.
+
+The only module that prints to the terminal or decides the exit code:
+0 ok, 1 build failed, 2 bad usage or config, 130 interrupted (SIGINT or SIGTERM).
+Library errors (:class:`~imagebuilder.errors.ImageBuilderError`) become one line
+``imagebuilder: error: ...`` plus a hint and, where useful, a log tail.
+``main(argv)`` is callable from tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import config as cfgmod
+from . import releases
+from .errors import ConfigError, ImageBuilderError
+from .progress import JSONRenderer, PlainRenderer, Progress, TTYRenderer
+
+PROG = "imagebuilder"
+SUBCOMMANDS = ("releases", "fetch", "cache", "shell", "export", "inspect", "upload", "maas")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so every usage error maps to exit 2."""
+
+    def error(self, message: str) -> Any:
+        raise ConfigError(message, hint=f"see '{self.prog} --help'")
+
+
+def _fmt_default(opt: cfgmod.Option) -> str:
+    d = opt.default()
+    if opt.key in ("http_proxy", "https_proxy", "no_proxy"):
+        return "from the environment"
+    if d is None or d == () or d is False:
+        return "unset" if not opt.flag else "off"
+    return str(getattr(d, "value", d))
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for opt in cfgmod.OPTIONS:
+        title = opt.section or "image"
+        g = groups.get(title) or p.add_argument_group(f"{title} options")
+        groups[title] = g
+        names = [f"--{opt.name}"] + (["-o"] if opt.key == "output" else [])
+        help_text = f"{opt.help} (default: {_fmt_default(opt)}; env {opt.env})"
+        if opt.flag:
+            g.add_argument(
+                *names,
+                dest=opt.key,
+                action="store_const",
+                const=True,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            g.add_argument(
+                *names,
+                dest=opt.key,
+                default=argparse.SUPPRESS,
+                metavar=opt.metavar or ("{" + ",".join(opt.choices) + "}" if opt.choices else None),
+                help=help_text,
+            )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file with options ([source], [machine], [provision], [output] sections)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration as TOML and exit",
+    )
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="show commands and guest output")
+    p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+
+
+def _add_maas_options(p: argparse.ArgumentParser, *, required: bool) -> None:
+    g = p.add_argument_group("MAAS options")
+    g.add_argument(
+        "--maas-url",
+        required=required,
+        metavar="URL",
+        default=os.environ.get("MAAS_URL"),
+        help="MAAS URL, e.g. http://maas:5240/MAAS (default: $MAAS_URL)",
+    )
+    g.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the MAAS API key (default: $MAAS_API_KEY, else a prompt)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Build MAAS-ready OS images: boot a cloud image (or a bootstrapped base) "
+        "in qemu, customise it over SSH, and export a root tar.gz with curtin hooks.",
+        epilog=f"Subcommands: {', '.join(SUBCOMMANDS)} ('{PROG} SUBCOMMAND --help'). "
+        f"Known series: {', '.join(releases.names())}.",
+    )
+    p.add_argument("series", help="release to build, e.g. jammy or bookworm")
+    _add_config_options(p)
+    _add_common(p)
+    p.add_argument(
+        "--debug-shell",
+        action="store_true",
+        help="on a provisioning failure, open a shell on the build VM before cleanup",
+    )
+    p.add_argument("--upload", action="store_true", help="upload the result to MAAS when built")
+    p.add_argument("--name", metavar="custom/NAME", help="MAAS image name for --upload")
+    p.add_argument("--title", help="MAAS image title for --upload")
+    _add_maas_options(p, required=False)
+    return p
+
+
+def build_sub_parser(cmd: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{PROG} {cmd}")
+    if cmd == "releases":
+        p.description = "List the series imagebuilder knows."
+    elif cmd in ("fetch", "shell"):
+        p.description = (
+            "Fill the cache with the base for SERIES, without building."
+            if cmd == "fetch"
+            else "Boot the build VM for SERIES and open an interactive SSH shell."
+        )
+        p.add_argument("series")
+        _add_config_options(p)
+        _add_common(p)
+    elif cmd == "cache":
+        p.description = "Show or clean the download/base-disk cache."
+        p.add_argument("action", choices=["list", "prune"])
+        p.add_argument(
+            "--all",
+            action="store_true",
+            help="prune: remove everything, not just partials and orphans",
+        )
+        p.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help="cache directory (default: ~/.cache/imagebuilder)",
+        )
+    elif cmd == "export":
+        p.description = (
+            "Turn an existing disk image (qcow2, raw, vmdk, ...) into a MAAS-ready file."
+        )
+        p.add_argument("disk", type=Path)
+        p.add_argument(
+            "--series", default=None, help="release of the disk, for the manifest (default: jammy)"
+        )
+        _add_config_options(p)
+        _add_common(p)
+    elif cmd == "inspect":
+        p.description = "Check an output the way a MAAS deploy would; exit 1 naming each problem."
+        p.add_argument("image", type=Path)
+        p.add_argument("--json", action="store_true", help="print facts and problems as JSON")
+    elif cmd == "upload":
+        p.description = "Upload an image to MAAS (boot-resources create)."
+        p.add_argument("image", type=Path)
+        p.add_argument("--name", required=True, metavar="custom/NAME")
+        p.add_argument("--title")
+        p.add_argument("--architecture", metavar="ARCH/generic")
+        p.add_argument("--base-image", metavar="OS/SERIES", help="e.g. ubuntu/jammy")
+        p.add_argument("--filetype", help="MAAS filetype (default: from the manifest)")
+        p.add_argument("--keep-old", action="store_true")
+        _add_maas_options(p, required=True)
+        _add_common(p)
+    elif cmd == "maas":
+        p.description = "List or delete uploaded images on a MAAS."
+        p.add_argument("action", choices=["list", "delete"])
+        p.add_argument("name", nargs="?")
+        _add_maas_options(p, required=True)
+        _add_common(p)
+    return p
+
+
+# ---- helpers ------------------------------------------------------------------
+
+
+def _progress(ns: argparse.Namespace) -> Progress:
+    verbose = bool(getattr(ns, "verbose", False))
+    if getattr(ns, "json", False):
+        return Progress(JSONRenderer(sys.stdout))
+    if sys.stderr.isatty():
+        return Progress(TTYRenderer(sys.stderr, verbose=verbose))
+    return Progress(PlainRenderer(sys.stderr, verbose=verbose))
+
+
+def _resolve(ns: argparse.Namespace, **extra: Any) -> cfgmod.Config:
+    cli = {o.key: getattr(ns, o.key) for o in cfgmod.OPTIONS if hasattr(ns, o.key)}
+    cli.update(extra)
+    if getattr(ns, "series", None) is not None:
+        cli["series"] = ns.series
+    return cfgmod.resolve(cli, config_file=getattr(ns, "config", None))
+
+
+def _print_error(exc: ImageBuilderError) -> None:
+    print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+    if exc.details:
+        for line in exc.details.rstrip().splitlines():
+            print(f"  | {line}", file=sys.stderr)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered as an exception so every context manager cleans up."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (tests calling main() from a thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# ---- commands -----------------------------------------------------------------
+
+
+def cmd_build(ns: argparse.Namespace) -> int:
+    cfg = _resolve(ns)
+    if ns.print_config:
+        print(cfgmod.to_toml(cfg), end="")
+        return EXIT_OK
+    if ns.upload and not ns.name:
+        raise ConfigError("--upload needs --name custom/NAME", hint="e.g. --name custom/jammy-web")
+    from .pipeline import build
+
+    progress = _progress(ns)
+    result = build(cfg, progress=progress)
+    print(f"{result.output}  sha256 {result.sha256}  {result.size} bytes", file=sys.stderr)
+    print(f"manifest: {result.manifest}", file=sys.stderr)
+    if ns.upload:
+        return _upload(ns, result.output, progress)
+    return EXIT_OK
+
+
+def cmd_releases(ns: argparse.Namespace) -> int:
+    today = _dt.date.today()
+    rows = [("DISTRO", "VERSION", "CODENAME", "STATUS", "ARCHES")]
+    for r in releases.RELEASES:
+        rows.append(
+            (
+                r.distro,
+                r.version + (" LTS" if r.lts and r.distro == "ubuntu" else ""),
+                r.codename,
+                r.status(today),
+                ",".join(r.arches),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_fetch(ns: argparse.Namespace) -> int:
+    cfg = _resolve(ns)
+    if ns.print_config:
+        print(cfgmod.to_toml(cfg), end="")
+        return EXIT_OK
+    from .pipeline import get_base
+
+    progress = _progress(ns)
+    with progress.stage("base", f"{cfg.series} {cfg.arch} ({cfg.source.base.value})"):
+        base = get_base(cfg, progress)
+    print(f"{base.path}  {base.format}  sha256 {base.sha256}")
+    return EXIT_OK
+
+
+def cmd_cache(ns: argparse.Namespace) -> int:
+    from .sources import list_cache, prune_cache
+
+    root = ns.cache_dir or cfgmod.default_cache_dir()
+    if ns.action == "list":
+        entries = list_cache(root)
+        if not entries:
+            print(f"cache {root} is empty")
+        for e in entries:
+            print(f"{e.kind:<10} {e.size / 2**20:9.1f} MiB  {e.name}")
+        return EXIT_OK
+    freed = prune_cache(root, keep_latest=not ns.all)
+    print(f"freed {freed / 2**20:.1f} MiB in {root}")
+    return EXIT_OK
+
+
+def cmd_shell(ns: argparse.Namespace) -> int:
+    cfg = _resolve(ns)
+    from .pipeline import build_directory, get_base
+    from .provision import shell
+
+    progress = _progress(ns)
+    base = get_base(cfg, progress)
+    with build_directory(cfg) as build_dir:
+        return shell(base, cfg, build_dir, progress)
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    if not ns.disk.is_file():
+        raise ConfigError(
+            f"disk image {ns.disk} not found", hint="give the path of a qcow2/raw/vmdk disk"
+        )
+    cfg = _resolve(ns, series=ns.series or "jammy")
+    from .export import export_disk
+
+    result = export_disk(ns.disk.resolve(), cfg, base=None, progress=_progress(ns))
+    print(f"{result.path}  sha256 {result.sha256}  {result.size} bytes")
+    return EXIT_OK
+
+
+def cmd_inspect(ns: argparse.Namespace) -> int:
+    import json
+
+    from .inspect import inspect_image
+
+    if not ns.image.is_file():
+        raise ConfigError(f"image {ns.image} not found", hint="give the path of a built output")
+    report = inspect_image(ns.image)
+    if ns.json:
+        print(
+            json.dumps({"facts": report.facts, "problems": report.problems}, indent=2, default=str)
+        )
+    else:
+        for k, v in report.facts.items():
+            print(f"{k:<24} {v}")
+        for prob in report.problems:
+            print(f"PROBLEM: {prob}")
+        print(
+            "OK: deployable by MAAS"
+            if not report.problems
+            else f"{len(report.problems)} problem(s)"
+        )
+    return EXIT_FAILED if report.problems else EXIT_OK
+
+
+def _api_key(ns: argparse.Namespace) -> str:
+    import getpass
+
+    from .maas import read_api_key
+
+    prompt: Callable[[], str] | None = None
+    if sys.stdin.isatty():
+
+        def prompt() -> str:
+            return getpass.getpass("MAAS API key: ")
+
+    return read_api_key(ns.api_key_file, environ=os.environ, prompt=prompt)
+
+
+def _upload(ns: argparse.Namespace, image: Path, progress: Progress) -> int:
+    from .maas import upload_image
+
+    if not ns.maas_url:
+        raise ConfigError("no MAAS URL", hint="pass --maas-url or set MAAS_URL")
+    res = upload_image(
+        image,
+        maas_url=ns.maas_url,
+        api_key=_api_key(ns),
+        name=ns.name,
+        title=ns.title,
+        architecture=getattr(ns, "architecture", None),
+        base_image=getattr(ns, "base_image", None),
+        filetype=getattr(ns, "filetype", None),
+        progress=progress,
+        keep_old=bool(getattr(ns, "keep_old", False)),
+    )
+    print(f"uploaded {res.get('name')} ({res.get('architecture')}) id {res.get('id')}")
+    return EXIT_OK
+
+
+def cmd_upload(ns: argparse.Namespace) -> int:
+    if not ns.image.is_file():
+        raise ConfigError(f"image {ns.image} not found", hint="give the path of a built output")
+    return _upload(ns, ns.image, _progress(ns))
+
+
+def cmd_maas(ns: argparse.Namespace) -> int:
+    from .maas import MAASClient
+
+    client = MAASClient(ns.maas_url, _api_key(ns))
+    if ns.action == "list":
+        for r in client.list_resources():
+            print(
+                f"{r.get('id')!s:>5}  {r.get('name')}  {r.get('architecture')}  "
+                f"{r.get('title', '')}"
+            )
+        return EXIT_OK
+    if not ns.name:
+        raise ConfigError(
+            "maas delete needs NAME", hint="e.g. imagebuilder maas delete custom/jammy-web"
+        )
+    found = client.find_by_name(ns.name)
+    if not found:
+        raise ConfigError(
+            f"no uploaded image named {ns.name} on {ns.maas_url}",
+            hint="see 'imagebuilder maas list'",
+        )
+    for r in found:
+        client.delete(int(r["id"]))
+        print(f"deleted {r.get('name')} ({r.get('architecture')}) id {r.get('id')}")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "releases": cmd_releases,
+    "fetch": cmd_fetch,
+    "cache": cmd_cache,
+    "shell": cmd_shell,
+    "export": cmd_export,
+    "inspect": cmd_inspect,
+    "upload": cmd_upload,
+    "maas": cmd_maas,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv or "--verbose" in argv
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        with _sigterm_as_interrupt():
+            if argv and argv[0] in COMMANDS:
+                ns = build_sub_parser(argv[0]).parse_args(argv[1:])
+                return COMMANDS[argv[0]](ns)
+            if (argv and argv[0] in ("-h", "--help")) or not argv:
+                build_parser().print_help()
+                return EXIT_OK if argv else EXIT_USAGE
+            return cmd_build(build_parser().parse_args(argv))
+    except ImageBuilderError as exc:
+        _print_error(exc)
+        return exc.exit_code
+    except _Terminated:
+        print(f"{PROG}: terminated; cleaned up", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; cleaned up", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())

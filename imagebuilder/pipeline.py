@@ -1,0 +1,121 @@
+"""The build, as a recipe: base disk -> build VM -> export -> (upload).
+
+``build(config, progress=...)`` is the library entry point behind
+``python -m imagebuilder SERIES``. Every resource a build holds (the build
+directory, the VM, mounts, servers) lives on one ExitStack, so an error or Ctrl-C
+anywhere leaves nothing behind. This module calls the step modules; it does not
+do their work, and it never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .basedisk import BaseDisk
+from .config import BaseKind, Config, Layout
+from .errors import ConfigError, ImageBuilderError
+from .progress import Progress
+
+log = logging.getLogger("imagebuilder.pipeline")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    output: Path
+    manifest: Path
+    sha256: str
+    size: int
+    filetype: str
+    timings: dict[str, float] = field(default_factory=dict)
+    build_dir: Path | None = None  # kept only with --keep-disk
+
+
+def get_base(cfg: Config, progress: Progress) -> BaseDisk:
+    """The cached base disk for ``cfg``: downloaded and verified, or bootstrapped."""
+    if cfg.source.base is BaseKind.BOOTSTRAP:
+        from .bootstrap import bootstrap_base
+
+        return bootstrap_base(cfg, progress)
+    from .sources import fetch_base_image
+
+    return fetch_base_image(cfg, progress)
+
+
+def failure_log_dir(cfg: Config) -> Path:
+    return cfg.source.cache_dir / "logs" / "last-failure"
+
+
+@contextlib.contextmanager
+def build_directory(cfg: Config) -> Iterator[Path]:
+    """A private build directory, removed afterwards (kept with --keep-disk on success).
+
+    On failure its logs (serial console, build log) are copied to
+    ``<cache>/logs/last-failure/`` first, so nothing needed to debug is lost.
+    """
+    parent = cfg.output.work_dir
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="imagebuilder-", dir=parent))
+    ok = False
+    try:
+        yield path
+        ok = True
+    finally:
+        if not ok:
+            _save_logs(path, failure_log_dir(cfg))
+        if not (ok and cfg.output.keep_disk):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _save_logs(build_dir: Path, dest: Path) -> None:
+    logs = [p for p in build_dir.glob("*.log") if p.is_file()]
+    if not logs:
+        return
+    with contextlib.suppress(OSError):
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in logs:
+            shutil.copy2(p, dest / p.name)
+
+
+def build(cfg: Config, *, progress: Progress | None = None) -> BuildResult:
+    """Build the image ``cfg`` describes and return where it is."""
+    progress = progress or Progress()
+    if cfg.layout is not Layout.CLOUDIMG:
+        raise ConfigError(
+            f"--layout {cfg.layout.value} (installer builds) is not available yet",
+            hint="build from a cloud image or a bootstrap base with --layout cloudimg",
+        )
+    from .export import export_disk
+    from .provision import provision
+
+    start = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        build_dir = stack.enter_context(build_directory(cfg))
+        with progress.stage("base", f"{cfg.series} {cfg.arch} ({cfg.source.base.value})"):
+            base = get_base(cfg, progress)
+        with progress.stage("vm", "boot, provision and power off the build VM"):
+            disk = provision(base, cfg, build_dir, progress)
+        with progress.stage("export", cfg.output.filetype.value):
+            result = export_disk(disk, cfg, base=base, progress=progress)
+        kept = build_dir if cfg.output.keep_disk else None
+    progress.info(f"built {result.path} ({result.size} bytes) in {time.monotonic() - start:.0f} s")
+    return BuildResult(
+        output=result.path,
+        manifest=result.manifest_path,
+        sha256=result.sha256,
+        size=result.size,
+        filetype=result.filetype.value,
+        timings=dict(progress.timings),
+        build_dir=kept,
+    )
+
+
+__all__ = ["BuildResult", "ImageBuilderError", "build", "get_base"]

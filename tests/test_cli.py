@@ -1,0 +1,57 @@
+"""The command line: exit codes, messages, help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from imagebuilder import cli
+
+
+def test_unknown_series_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["nosuchseries"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imagebuilder: error: unknown series 'nosuchseries'")
+    assert "jammy" in err and "bookworm" in err
+
+
+def test_module_entry_point() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "imagebuilder", "nosuchseries"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "known series" in proc.stderr
+
+
+def test_bad_option_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["jammy", "--no-such-option"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_help_documents_every_option_with_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    from imagebuilder.config import OPTIONS
+
+    for opt in OPTIONS:
+        assert f"--{opt.name}" in out
+    assert out.count("(default:") >= len(OPTIONS)
+
+
+def test_releases_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["releases"]) == 0
+    out = capsys.readouterr().out
+    assert "jammy" in out and "22.04" in out and "bookworm" in out and "amd64" in out
+
+
+def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bookworm", "--base", "bootstrap", "--memory", "3000", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert 'series = "bookworm"' in out and "memory = 3000" in out and 'base = "bootstrap"' in out
+
+
+def test_upload_refuses_without_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["jammy", "--upload"]) == 2
+    assert "--name" in capsys.readouterr().err
