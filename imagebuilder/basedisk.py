@@ -9,7 +9,6 @@ record; it does no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from pathlib import Path
 
 
