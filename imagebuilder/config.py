@@ -93,6 +93,7 @@ class SourceConfig:
     keyring: Path | None = None
     require_signature: bool = False
     offline: bool = False
+    refresh: bool = False
     cache_dir: Path = field(default_factory=default_cache_dir)
     packages: tuple[str, ...] = ()
 
@@ -315,6 +316,13 @@ OPTIONS: tuple[Option, ...] = (
         flag=True,
     ),
     Option("offline", "source", _bool, "use only the cache; never touch the network", flag=True),
+    Option(
+        "refresh",
+        "source",
+        _bool,
+        "re-read the published checksums of a daily (current/) image instead of reusing the cache",
+        flag=True,
+    ),
     Option(
         "cache-dir",
         "source",

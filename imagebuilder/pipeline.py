@@ -45,7 +45,7 @@ def get_base(cfg: Config, progress: Progress) -> BaseDisk:
         return bootstrap_base(cfg, progress)
     from .sources import fetch_base_image
 
-    return fetch_base_image(cfg, progress)
+    return fetch_base_image(cfg, progress, refresh=cfg.source.refresh)
 
 
 def failure_log_dir(cfg: Config) -> Path:
