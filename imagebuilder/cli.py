@@ -360,16 +360,9 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
 
 
 def _api_key(ns: argparse.Namespace) -> str:
-    import getpass
+    from .maas import getpass_prompt, read_api_key
 
-    from .maas import read_api_key
-
-    prompt: Callable[[], str] | None = None
-    if sys.stdin.isatty():
-
-        def prompt() -> str:
-            return getpass.getpass("MAAS API key: ")
-
+    prompt = getpass_prompt if sys.stdin.isatty() else None
     return read_api_key(ns.api_key_file, environ=os.environ, prompt=prompt)
 
 
@@ -403,7 +396,8 @@ def cmd_upload(ns: argparse.Namespace) -> int:
 def cmd_maas(ns: argparse.Namespace) -> int:
     from .maas import MAASClient
 
-    client = MAASClient(ns.maas_url, _api_key(ns))
+    key = _api_key(ns)
+    client = MAASClient(ns.maas_url, key)
     if ns.action == "list":
         for r in client.list_resources():
             print(
@@ -415,14 +409,15 @@ def cmd_maas(ns: argparse.Namespace) -> int:
         raise ConfigError(
             "maas delete needs NAME", hint="e.g. imagebuilder maas delete custom/jammy-web"
         )
-    found = client.find_by_name(ns.name)
-    if not found:
+    from .maas import delete_image
+
+    deleted = delete_image(maas_url=ns.maas_url, api_key=key, name=ns.name)
+    if not deleted:
         raise ConfigError(
             f"no uploaded image named {ns.name} on {ns.maas_url}",
             hint="see 'imagebuilder maas list'",
         )
-    for r in found:
-        client.delete(int(r["id"]))
+    for r in deleted:
         print(f"deleted {r.get('name')} ({r.get('architecture')}) id {r.get('id')}")
     return EXIT_OK
 
