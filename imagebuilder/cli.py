@@ -411,13 +411,7 @@ def cmd_maas(ns: argparse.Namespace) -> int:
         )
     from .maas import delete_image
 
-    deleted = delete_image(maas_url=ns.maas_url, api_key=key, name=ns.name)
-    if not deleted:
-        raise ConfigError(
-            f"no uploaded image named {ns.name} on {ns.maas_url}",
-            hint="see 'imagebuilder maas list'",
-        )
-    for r in deleted:
+    for r in delete_image(maas_url=ns.maas_url, api_key=key, name=ns.name):
         print(f"deleted {r.get('name')} ({r.get('architecture')}) id {r.get('id')}")
     return EXIT_OK
 

@@ -397,10 +397,11 @@ def test_cli_upload_list_delete(
     assert cli.main([*up, *args]) == 0
     assert cli.main(["maas", "list", *args]) == 0
     assert cli.main(["maas", "delete", "custom/cli-test", *args]) == 0
-    assert cli.main(["maas", "delete", "custom/cli-test", *args]) == 2
+    assert cli.main(["maas", "delete", "custom/cli-test", *args]) == 1
     monkeypatch.setenv("MAAS_API_KEY", "a:b:c")
     assert cli.main(["maas", "list", *args]) == 1
     out = capsys.readouterr()
     assert "custom/cli-test" in out.out
     assert "MAAS rejected the API key" in out.err
+    assert "no uploaded image named custom/cli-test" in out.err
     assert DEFAULT_API_KEY.split(":")[2] not in out.out + out.err
