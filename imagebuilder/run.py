@@ -50,6 +50,14 @@ PACKAGES: dict[str, str] = {
     "umount": "mount",
     "pigz": "pigz",
     "virt-tar-out": "guestfish",
+    "debugfs": "e2fsprogs",
+    "apt-get": "apt",
+    "unshare": "util-linux",
+    "mcopy": "mtools",
+    "mdir": "mtools",
+    "partx": "util-linux",
+    "fstrim": "util-linux",
+    "grub-install": "grub2-common",
 }
 
 

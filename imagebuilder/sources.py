@@ -64,7 +64,7 @@ def _algo(checksum_file: str) -> str:
     return "sha512" if "512" in checksum_file else "sha256"
 
 
-def _target(cfg: Config) -> _Target:
+def target(cfg: Config) -> _Target:
     src, rel = cfg.source, cfg.release
     if src.base_image:
         url = src.base_image
@@ -106,7 +106,7 @@ def fetch_base_image(cfg: Config, progress: Progress, *, refresh: bool = False) 
     src = cfg.source
     if src.base_image and not _is_url(src.base_image):
         return _local_image(cfg, Path(src.base_image).expanduser(), progress)
-    t = _target(cfg)
+    t = target(cfg)
     root = src.cache_dir
     if not refresh and (disk := _cached(cfg, t, progress)) is not None:
         return disk
