@@ -27,7 +27,10 @@ from .errors import ConfigError, ImageBuilderError
 from .progress import JSONRenderer, PlainRenderer, Progress, TTYRenderer
 
 PROG = "imagebuilder"
-SUBCOMMANDS = ("releases", "fetch", "cache", "shell", "export", "inspect", "upload", "maas")
+SUBCOMMANDS = (
+    "releases", "fetch", "cache", "shell", "export", "inspect", "upload", "maas",
+    "lock", "bundle", "diff",
+)  # fmt: skip
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -85,6 +88,21 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_lock_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--locked",
+        action="store_true",
+        help="refuse anything that resolves differently from the lock file",
+    )
+    p.add_argument(
+        "--lock",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="lock file to write or check (default: ./imagebuilder.lock)",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show commands and guest output")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
@@ -118,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("series", help="release to build, e.g. jammy or bookworm")
     _add_config_options(p)
     _add_common(p)
+    _add_lock_options(p)
     p.add_argument(
         "--debug-shell",
         action="store_true",
@@ -143,6 +162,28 @@ def build_sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("series")
         _add_config_options(p)
         _add_common(p)
+        _add_lock_options(p)
+    elif cmd == "lock":
+        p.description = "Resolve SERIES's inputs now and write them to a lock file."
+        p.add_argument("series")
+        _add_config_options(p)
+        _add_common(p)
+        _add_lock_options(p)
+    elif cmd == "bundle":
+        p.description = (
+            "create OUT.tar.zst: pack everything a locked build needs; "
+            "import FILE: load a bundle into this host's cache for --offline builds."
+        )
+        p.add_argument("action", choices=["create", "import"])
+        p.add_argument("file", type=Path, help="the bundle (.tar.zst) to write or read")
+        p.add_argument("--level", type=int, default=None, help="zstd level for create")
+        _add_config_options(p)
+        _add_common(p)
+        _add_lock_options(p)
+    elif cmd == "diff":
+        p.description = "List the files that differ between two outputs, and how."
+        p.add_argument("a", type=Path)
+        p.add_argument("b", type=Path)
     elif cmd == "cache":
         p.description = "Show or clean the download/base-disk cache."
         p.add_argument("action", choices=["list", "prune"])
@@ -240,6 +281,27 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def _lock_path(ns: argparse.Namespace) -> Path:
+    from .lockfile import DEFAULT_LOCK
+
+    return Path(ns.lock or DEFAULT_LOCK)
+
+
+def _lock_for(ns: argparse.Namespace, cfg: cfgmod.Config) -> Any:
+    """The lock to enforce (``--locked``), or None."""
+    if not getattr(ns, "locked", False):
+        return None
+    from .lock import read_lock
+
+    path = _lock_path(ns)
+    if not path.is_file():
+        raise ConfigError(
+            f"--locked but there is no lock file {path}",
+            hint=f"write one with 'imagebuilder lock {cfg.series} ...' or pass --lock FILE",
+        )
+    return read_lock(path)
+
+
 # ---- commands -----------------------------------------------------------------
 
 
@@ -253,7 +315,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
     from .pipeline import build
 
     progress = _progress(ns)
-    result = build(cfg, progress=progress)
+    result = build(cfg, progress=progress, lock=_lock_for(ns, cfg))
     print(f"{result.output}  sha256 {result.sha256}  {result.size} bytes", file=sys.stderr)
     print(f"manifest: {result.manifest}", file=sys.stderr)
     if ns.upload:
@@ -289,7 +351,7 @@ def cmd_fetch(ns: argparse.Namespace) -> int:
 
     progress = _progress(ns)
     with progress.stage("base", f"{cfg.series} {cfg.arch} ({cfg.source.base.value})"):
-        base = get_base(cfg, progress)
+        base = get_base(cfg, progress, lock=_lock_for(ns, cfg))
     print(f"{base.path}  {base.format}  sha256 {base.sha256}")
     return EXIT_OK
 
@@ -316,7 +378,7 @@ def cmd_shell(ns: argparse.Namespace) -> int:
     from .provision import shell
 
     progress = _progress(ns)
-    base = get_base(cfg, progress)
+    base = get_base(cfg, progress, lock=_lock_for(ns, cfg))
     with build_directory(cfg) as build_dir:
         return shell(base, cfg, build_dir, progress)
 
@@ -416,6 +478,71 @@ def cmd_maas(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lock(ns: argparse.Namespace) -> int:
+    from .lock import resolve_lock, write_lock
+
+    cfg = _resolve(ns)
+    progress = _progress(ns)
+    with progress.stage("lock", f"{cfg.series} {cfg.arch} ({cfg.source.base.value})"):
+        lk = resolve_lock(cfg, progress)
+        path = write_lock(lk, _lock_path(ns))
+    print(f"{path}  digest {lk.digest}")
+    return EXIT_OK
+
+
+def cmd_bundle(ns: argparse.Namespace) -> int:
+    progress = _progress(ns)
+    if ns.action == "import":
+        from .unbundle import import_bundle
+
+        cache = getattr(ns, "cache_dir", None)
+        res = import_bundle(
+            ns.file,
+            Path(cache) if cache else cfgmod.default_cache_dir(),
+            progress=progress,
+            keyring=Path(ns.keyring) if getattr(ns, "keyring", None) else None,
+        )
+        for item in res.installed:
+            print(f"imported {item}")
+        extra = "".join(
+            f" --{flag} {path}"
+            for flag, path in (
+                ("base-image", res.base_image),
+                ("customize", res.customize),
+                ("curtin-hooks", res.curtin_hooks),
+                ("http-dir", res.http_dir),
+            )
+            if path is not None
+        )
+        print(
+            f"build with: imagebuilder {res.lock.series} --offline --locked "
+            f"--lock {res.lock_path}{extra}"
+        )
+        return EXIT_OK
+    from .bundle import create_bundle
+    from .lock import config_from_lock, read_lock
+
+    lk = read_lock(_lock_path(ns))
+    values = {o.key: getattr(ns, o.key) for o in cfgmod.OPTIONS if hasattr(ns, o.key)}
+    cfg = config_from_lock(lk, values)
+    kwargs = {"level": ns.level} if ns.level is not None else {}
+    info = create_bundle(cfg, lk, ns.file, progress=progress, **kwargs)
+    print(f"{info.path}  sha256 {info.sha256}  {info.size} bytes")
+    return EXIT_OK
+
+
+def cmd_diff(ns: argparse.Namespace) -> int:
+    from .diff import diff_outputs, render
+
+    for path in (ns.a, ns.b):
+        if not path.is_file():
+            raise ConfigError(f"{path} not found", hint="give two built outputs to compare")
+    diffs = diff_outputs(ns.a, ns.b)
+    if diffs:
+        print(render(diffs).rstrip("\n"))
+    return EXIT_FAILED if diffs else EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "releases": cmd_releases,
     "fetch": cmd_fetch,
@@ -425,6 +552,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "inspect": cmd_inspect,
     "upload": cmd_upload,
     "maas": cmd_maas,
+    "lock": cmd_lock,
+    "bundle": cmd_bundle,
+    "diff": cmd_diff,
 }
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from .basedisk import BaseDisk
 from .config import BaseKind, Config, Layout
 from .errors import ConfigError, ImageBuilderError
+from .lockfile import Lock
 from .progress import Progress
 
 log = logging.getLogger("imagebuilder.pipeline")
@@ -37,15 +38,30 @@ class BuildResult:
     build_dir: Path | None = None  # kept only with --keep-disk
 
 
-def get_base(cfg: Config, progress: Progress) -> BaseDisk:
-    """The cached base disk for ``cfg``: downloaded and verified, or bootstrapped."""
+def get_base(cfg: Config, progress: Progress, *, lock: Lock | None = None) -> BaseDisk:
+    """The cached base disk for ``cfg``: downloaded and verified, or bootstrapped.
+
+    With a ``lock``, anything that would resolve differently is refused: before any
+    download or bootstrap where that can be known, and on the base itself after.
+    """
+    if lock is not None:
+        from . import lock as locking
+
+        locking.check_locked(cfg, lock)
+        cfg = locking.pin_config(cfg, lock)
     if cfg.source.base is BaseKind.BOOTSTRAP:
         from .bootstrap import bootstrap_base
 
-        return bootstrap_base(cfg, progress)
-    from .sources import fetch_base_image
+        if lock is not None and not cfg.source.offline:
+            locking.check_mirror(cfg, lock, progress)
+        base = bootstrap_base(cfg, progress)
+    else:
+        from .sources import fetch_base_image
 
-    return fetch_base_image(cfg, progress, refresh=cfg.source.refresh)
+        base = fetch_base_image(cfg, progress, refresh=cfg.source.refresh)
+    if lock is not None:
+        locking.check_base(base, lock)
+    return base
 
 
 def failure_log_dir(cfg: Config) -> Path:
@@ -85,8 +101,10 @@ def _save_logs(build_dir: Path, dest: Path) -> None:
             shutil.copy2(p, dest / p.name)
 
 
-def build(cfg: Config, *, progress: Progress | None = None) -> BuildResult:
-    """Build the image ``cfg`` describes and return where it is."""
+def build(
+    cfg: Config, *, progress: Progress | None = None, lock: Lock | None = None
+) -> BuildResult:
+    """Build the image ``cfg`` describes and return where it is (``lock``: see get_base)."""
     progress = progress or Progress()
     if cfg.layout is not Layout.CLOUDIMG:
         raise ConfigError(
@@ -100,11 +118,10 @@ def build(cfg: Config, *, progress: Progress | None = None) -> BuildResult:
     with contextlib.ExitStack() as stack:
         build_dir = stack.enter_context(build_directory(cfg))
         with progress.stage("base", f"{cfg.series} {cfg.arch} ({cfg.source.base.value})"):
-            base = get_base(cfg, progress)
+            base = get_base(cfg, progress, lock=lock)
         with progress.stage("vm", "boot, provision and power off the build VM"):
             disk = provision(base, cfg, build_dir, progress)
-        with progress.stage("export", cfg.output.filetype.value):
-            result = export_disk(disk, cfg, base=base, progress=progress)
+        result = export_disk(disk, cfg, base=base, progress=progress)  # its own "export" stage
         kept = build_dir if cfg.output.keep_disk else None
     progress.info(f"built {result.path} ({result.size} bytes) in {time.monotonic() - start:.0f} s")
     return BuildResult(

@@ -1,0 +1,197 @@
+"""The cloud-image hook (curtin_hooks/curtin-hooks), run as curtin runs it.
+
+curtin executes ``$TARGET/curtin/curtin-hooks`` with no arguments, outside the
+target, with ``PYTHONPATH`` pointing at its own package and the environment of
+``curtin.util.load_command_environment``. Here a fake ``curtin`` package on
+PYTHONPATH records the config each hook step receives; the hook itself is the
+real file, executed through its shebang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagebuilder.curtin import BUILTIN_DIR, HOOK
+
+FAKE_CURTIN = {
+    "curtin/__init__.py": "",
+    "curtin/commands/__init__.py": "",
+    "curtin/util.py": """
+import os
+
+def load_command_environment(env=os.environ, strict=False):
+    mapping = {"scratch": "WORKING_DIR", "fstab": "OUTPUT_FSTAB", "config": "CONFIG",
+               "target": "TARGET_MOUNT_POINT", "network_state": "OUTPUT_NETWORK_STATE",
+               "network_config": "OUTPUT_NETWORK_CONFIG",
+               "report_stack_prefix": "CURTIN_REPORTSTACK"}
+    return {k: env.get(v) for k, v in mapping.items()}
+
+def get_dd_images(sources):
+    if not isinstance(sources, dict):
+        return []
+    return [s for s in sources.values() if isinstance(s, dict) and s["type"].startswith("dd-")]
+""",
+    "curtin/config.py": """
+import json
+
+def load_command_config(args, state):
+    with open(state["config"]) as f:
+        return json.load(f)
+""",
+    "curtin/commands/curthooks.py": """
+import json, os
+
+def _record(step, **data):
+    with open(os.environ["RECORD"], "a") as f:
+        f.write(json.dumps({"step": step, **data}) + "\\n")
+
+def builtin_curthooks(cfg, target, state):
+    assert os.path.isdir(os.path.join(target, "curtin")), "hook ran after /curtin was removed"
+    _record("builtin_curthooks", cfg=cfg, target=target)
+    if cfg.get("fail"):
+        raise RuntimeError("simulated failure")
+
+def disable_overlayroot(cfg, target):
+    _record("disable_overlayroot")
+
+def handle_cloudconfig(cfg, base_dir=None):
+    _record("handle_cloudconfig", cfg=cfg, base_dir=base_dir)
+
+def apply_networking(target, state):
+    _record("apply_networking")
+
+def copy_dname_rules(rules_d, target):
+    _record("copy_dname_rules")
+""",
+}
+
+DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+@pytest.fixture
+def fake_curtin(tmp_path: Path) -> Path:
+    lib = tmp_path / "lib"
+    for rel, text in FAKE_CURTIN.items():
+        (lib / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lib / rel).write_text(text)
+    return lib
+
+
+def run_hook(
+    tmp_path: Path,
+    lib: Path,
+    cfg: dict[str, Any],
+    *,
+    distro: str = "ubuntu",
+    pin: str | None = None,
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]], Path]:
+    target = tmp_path / "target"
+    (target / "curtin").mkdir(parents=True)
+    (target / "etc").mkdir()
+    (target / "etc/os-release").write_text(f'NAME="x"\nID={distro}\n')
+    hook = target / "curtin" / HOOK
+    hook.write_bytes((BUILTIN_DIR / HOOK).read_bytes())
+    hook.chmod(0o750)
+    if pin is not None:
+        (target / "curtin/CUSTOM_KERNEL").write_text(pin + "\n")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg))
+    record = tmp_path / "record.jsonl"
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "PYTHONPATH": os.fspath(lib),
+        "TARGET_MOUNT_POINT": os.fspath(target),
+        "CONFIG": os.fspath(config),
+        "OUTPUT_FSTAB": os.fspath(tmp_path / "fstab"),
+        "WORKING_DIR": os.fspath(tmp_path / "scratch"),
+        "RECORD": os.fspath(record),
+    }
+    # Executed directly, through its shebang, as curtin's subp([hook]) does.
+    proc = subprocess.run([os.fspath(hook)], env=env, capture_output=True, text=True)
+    steps = [json.loads(ln) for ln in record.read_text().splitlines()] if record.exists() else []
+    return proc, steps, target
+
+
+def test_hook_is_executable_python3() -> None:
+    hook = BUILTIN_DIR / HOOK
+    assert hook.read_text().startswith("#!/usr/bin/env python3\n")
+    assert os.access(hook, os.X_OK)
+
+
+def test_ubuntu_tar_runs_builtin_hooks_unchanged_and_removes_curtin(
+    tmp_path: Path, fake_curtin: Path
+) -> None:
+    cfg = {"sources": {"00": {"type": "tgz", "uri": "http://x/root.tgz"}}, "apt": {"a": 1}}
+    proc, steps, target = run_hook(tmp_path, fake_curtin, cfg)
+    assert proc.returncode == 0, proc.stderr
+    assert [s["step"] for s in steps] == ["builtin_curthooks"]
+    assert steps[0]["cfg"] == cfg  # no kernel forced on Ubuntu without a pin
+    assert steps[0]["target"] == os.fspath(target)
+    assert not (target / "curtin").exists()
+
+
+def test_custom_kernel_pin_sets_kernel_package(tmp_path: Path, fake_curtin: Path) -> None:
+    cfg = {"kernel": {"fallback_package": "linux-generic"}}
+    proc, steps, _ = run_hook(tmp_path, fake_curtin, cfg, pin="linux-image-6.1.0-custom")
+    assert proc.returncode == 0, proc.stderr
+    assert steps[0]["cfg"]["kernel"] == {
+        "fallback_package": "linux-generic",
+        "package": "linux-image-6.1.0-custom",
+    }
+
+
+def test_debian_without_pin_gets_linux_image_arch(tmp_path: Path, fake_curtin: Path) -> None:
+    proc, steps, _ = run_hook(tmp_path, fake_curtin, {}, distro="debian")
+    assert proc.returncode == 0, proc.stderr
+    arch = DPKG_ARCH.get(platform.machine(), platform.machine())
+    assert steps[0]["cfg"]["kernel"] == {"package": f"linux-image-{arch}"}
+
+
+def test_debian_pin_wins_over_default(tmp_path: Path, fake_curtin: Path) -> None:
+    proc, steps, _ = run_hook(
+        tmp_path, fake_curtin, {}, distro="debian", pin="linux-image-rt-amd64"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert steps[0]["cfg"]["kernel"]["package"] == "linux-image-rt-amd64"
+
+
+def test_preseed_kernel_package_is_kept_on_debian(tmp_path: Path, fake_curtin: Path) -> None:
+    cfg = {"kernel": {"package": "linux-image-cloud-amd64"}}
+    proc, steps, _ = run_hook(tmp_path, fake_curtin, cfg, distro="debian")
+    assert proc.returncode == 0, proc.stderr
+    assert steps[0]["cfg"]["kernel"] == {"package": "linux-image-cloud-amd64"}
+
+
+def test_kernel_null_without_pin_installs_no_kernel(tmp_path: Path, fake_curtin: Path) -> None:
+    proc, steps, _ = run_hook(tmp_path, fake_curtin, {"kernel": None}, distro="debian")
+    assert proc.returncode == 0, proc.stderr
+    assert steps[0]["cfg"]["kernel"] is None
+
+
+def test_dd_image_skips_fstab_grub_and_kernel_steps(tmp_path: Path, fake_curtin: Path) -> None:
+    cfg = {
+        "sources": {"00": {"type": "dd-gz", "uri": "http://x/disk.dd.gz"}},
+        "cloudconfig": {"maas-datasource": {"content": "#cloud-config\n"}},
+    }
+    proc, steps, target = run_hook(tmp_path, fake_curtin, cfg, pin="linux-image-amd64")
+    assert proc.returncode == 0, proc.stderr
+    names = [s["step"] for s in steps]
+    assert "builtin_curthooks" not in names
+    assert names == ["disable_overlayroot", "handle_cloudconfig", "apply_networking"]
+    assert steps[1]["base_dir"] == os.fspath(target / "etc/cloud/cloud.cfg.d")
+    assert not (target / "curtin").exists()
+
+
+def test_failure_exits_non_zero(tmp_path: Path, fake_curtin: Path) -> None:
+    proc, steps, target = run_hook(tmp_path, fake_curtin, {"fail": True})
+    assert proc.returncode != 0
+    assert "simulated failure" in proc.stderr
+    assert [s["step"] for s in steps] == ["builtin_curthooks"]

@@ -1,0 +1,168 @@
+"""Disk access: partition tables, root and /boot detection, servers and read-only mounts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagebuilder import disk, parttable
+from imagebuilder.config import DiskBackend
+from imagebuilder.errors import DiskError
+from tests.diskfactory import Part, make_disk, minimal_root, sh, xbootldr
+
+
+def file_reader(path: Path) -> tuple[parttable.Reader, int]:
+    fd = os.open(path, os.O_RDONLY)
+    return (lambda off, n: os.pread(fd, n, off)), os.fstat(fd).st_size
+
+
+def mkext4(raw: Path, offset: int, size_mib: int, label: str) -> None:
+    sh(
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-L",
+        label,
+        "-E",
+        f"offset={offset}",
+        raw,
+        f"{size_mib}M",
+    )
+
+
+def test_gpt_root_by_name_and_xbootldr(tmp_path: Path) -> None:
+    raw = make_disk(
+        tmp_path / "d.raw",
+        [Part(None, 40, name="big", label="data"), Part(None, 20), xbootldr(None)],
+        fmt="raw",
+    )
+    layout = parttable.read_layout(*file_reader(raw))
+    assert layout.table == "gpt"
+    assert [(p.number, p.fstype) for p in layout.partitions] == [
+        (1, "ext4"),
+        (2, "ext4"),
+        (3, "ext4"),
+    ]
+    root = parttable.pick_root(layout)
+    assert root is not None and root.number == 2  # named cloudimg-rootfs, though smaller
+    boot = parttable.pick_boot(layout)
+    assert boot is not None and boot.number == 3 and boot.label == "BOOT"
+
+
+def test_mbr_with_logical_partitions_picks_the_largest_linux_fs(tmp_path: Path) -> None:
+    raw = tmp_path / "mbr.raw"
+    with open(raw, "wb") as f:
+        f.truncate(100 << 20)
+    table = "label: dos\n2048,20M,83\n,+,5\n,10M,83\n,40M,83\n"
+    subprocess.run(["sfdisk", "-q", raw], input=table.encode(), check=True, capture_output=True)
+    dump = subprocess.run(["sfdisk", "-J", raw], capture_output=True, check=True).stdout
+    import json
+
+    parts = json.loads(dump)["partitiontable"]["partitions"]
+    for p in parts:
+        if p["type"] == "83":
+            mkext4(raw, p["start"] * 512, p["size"] * 512 >> 20, "p")
+    layout = parttable.read_layout(*file_reader(raw))
+    assert layout.table == "mbr"
+    assert [p.number for p in layout.partitions] == [1, 5, 6]
+    root = parttable.pick_root(layout)
+    assert root is not None and root.number == 6 and root.fstype == "ext4"
+
+
+def test_whole_disk_filesystem_and_labels(tmp_path: Path) -> None:
+    raw = tmp_path / "fs.raw"
+    with open(raw, "wb") as f:
+        f.truncate(16 << 20)
+    mkext4(raw, 0, 16, "cloudimg-rootfs")
+    layout = parttable.read_layout(*file_reader(raw))
+    assert layout.table == "none"
+    root = parttable.pick_root(layout)
+    assert root is not None and (root.number, root.start, root.label) == (0, 0, "cloudimg-rootfs")
+
+
+def test_lvm_pv_needs_guestfs(tmp_path: Path) -> None:
+    raw = make_disk(tmp_path / "lvm.raw", [Part(None, 8, name="pv", fstype="none")], fmt="raw")
+    with open(raw, "r+b") as f:  # an LVM2 label in sector 1 of the partition
+        f.seek((1 << 20) + 512)
+        f.write(b"LABELONE" + bytes(16) + b"LVM2 001")
+    layout = parttable.read_layout(*file_reader(raw))
+    root = parttable.pick_root(layout)
+    assert root is not None and root.fstype == "LVM2_member"
+    assert disk.choose_backend(DiskBackend.AUTO, root) is DiskBackend.GUESTFS
+    with pytest.raises(DiskError) as err:
+        disk.choose_backend(DiskBackend.FUSE, root)
+    assert err.value.hint == "use --disk-backend guestfs"
+
+
+def test_backend_choice_for_ext4(monkeypatch: pytest.MonkeyPatch) -> None:
+    ext4 = parttable.Partition(1, 0, 1 << 20, "", fstype="ext4")
+    monkeypatch.setattr(disk, "is_root", lambda: True)
+    assert disk.choose_backend(DiskBackend.AUTO, ext4) is DiskBackend.LOOP
+    monkeypatch.setattr(disk, "is_root", lambda: False)
+    assert disk.choose_backend(DiskBackend.AUTO, ext4) is DiskBackend.FUSE
+    with pytest.raises(DiskError, match="needs root"):
+        disk.choose_backend(DiskBackend.LOOP, ext4)
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "raw", "vmdk", "vhdx"])
+def test_serve_reads_any_qemu_format(tmp_path: Path, fmt: str) -> None:
+    src = tmp_path / "src"
+    minimal_root(src)
+    path = make_disk(tmp_path / f"d.{fmt}", [Part(src, 24), xbootldr(None)], fmt=fmt)
+    info = disk.probe(path)
+    assert info.format == fmt and info.virtual_size == 43 << 20
+    with disk.serve(info, tmp_path) as server:
+        layout = server.layout()
+    root = disk.find_root(layout)
+    assert (root.number, root.start, root.fstype) == (1, 1 << 20, "ext4")
+
+
+@pytest.mark.parametrize("backend", [DiskBackend.LOOP, DiskBackend.FUSE])
+def test_mounts_are_read_only_and_leave_the_chain_untouched(
+    tmp_path: Path, backend: DiskBackend
+) -> None:
+    if backend is DiskBackend.LOOP and not disk.is_root():
+        pytest.skip("loop mounts need root")
+    src = tmp_path / "src"
+    minimal_root(src)
+    boot = tmp_path / "bootsrc"
+    boot.mkdir()
+    (boot / "vmlinuz-1").write_text("k")
+    base = make_disk(tmp_path / "base.qcow2", [Part(src, 24), xbootldr(boot)])
+    top = tmp_path / "top.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top)
+    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, top)}
+    info = disk.probe(top)
+    assert info.backing is not None and info.backing.endswith("base.qcow2")
+    work = tmp_path / "work"
+    work.mkdir()
+    with disk.serve(info, work, fuse=True) as server:
+        layout = server.layout()
+        with disk.mount_root(server, layout, backend, work) as view:
+            assert (view.root / "etc/os-release").read_text().startswith("ID=ubuntu")
+            assert view.boot is not None and (view.boot / "vmlinuz-1").read_text() == "k"
+            with pytest.raises(OSError):
+                (view.root / "etc/new").write_text("x")
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, top)} == digests
+    assert not os.path.ismount(work / "root")
+
+
+def test_unclean_journal_is_detected(tmp_path: Path) -> None:
+    raw = tmp_path / "fs.raw"
+    with open(raw, "wb") as f:
+        f.truncate(16 << 20)
+    mkext4(raw, 0, 16, "x")
+    sh("debugfs", "-w", "-R", "feature needs_recovery", raw)
+    root = parttable.pick_root(parttable.read_layout(*file_reader(raw)))
+    assert root is not None and root.needs_recovery
+
+
+def test_missing_disk_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DiskError, match="does not exist"):
+        disk.probe(tmp_path / "nope.qcow2")
