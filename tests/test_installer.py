@@ -1,0 +1,314 @@
+"""Installer builds without a VM: a real ISO laid out like Ubuntu's live-server ISO is
+built here with pycdlib, its kernel and initrd read back; the installer's qemu
+command line and the autoinstall seed (parsed with PyYAML) are checked."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pycdlib
+import pytest
+
+from imagebuilder import installer, iso, qemu
+from imagebuilder.choices import Layout
+from imagebuilder.config import Firmware
+from imagebuilder.errors import ConfigError, SourceError
+from imagebuilder.keys import BuildKeys
+from imagebuilder.releases import get as release
+
+yaml: Any = pytest.importorskip("yaml")
+
+KERNEL = os.urandom(3 << 20) + b"kernel-end"
+INITRD = os.urandom(5 << 20) + b"initrd-end"
+#: (path on the ISO, bytes); directories are made as needed.
+LIVE_SERVER = {
+    ".disk/info": b'Ubuntu-Server 22.04.4 LTS "Jammy Jellyfish" - Release amd64 (20240220)\n',
+    "boot/grub/grub.cfg": b'menuentry "Try or Install Ubuntu Server" {\n'
+    b"\tlinux\t/casper/vmlinuz  ---\n\tinitrd\t/casper/initrd\n}\n",
+    "casper/vmlinuz": KERNEL,
+    "casper/initrd": INITRD,
+}
+
+
+def _iso9660(path: str) -> str:
+    """Our own ISO 9660 level-1 spelling, independent of the code under test."""
+    *dirs, name = path.strip("/").upper().split("/")
+    dirs = [d.lstrip(".").replace("-", "_")[:8] for d in dirs]
+    stem, _, ext = name.lstrip(".").partition(".")
+    return "/" + "/".join([*dirs, f"{stem[:8]}.{ext[:3]};1"])
+
+
+def make_iso(dest: Path, files: dict[str, bytes], *, rock_ridge: bool, joliet: bool) -> Path:
+    out = pycdlib.PyCdlib()
+    out.new(
+        interchange_level=1,
+        # the real volume id; Joliet allows only 16 characters
+        vol_ident="Ubuntu-Server 22.04.4 LTS amd64"[: 16 if joliet else 32],
+        rock_ridge="1.09" if rock_ridge else None,
+        joliet=3 if joliet else None,
+    )
+    made: set[str] = set()
+    for name, data in files.items():
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            d = "/".join(parts[:i])
+            if d not in made:
+                made.add(d)
+                out.add_directory(
+                    _iso9660(d).rsplit(".", 1)[0],
+                    rr_name=parts[i - 1] if rock_ridge else None,
+                    joliet_path=f"/{d}" if joliet else None,
+                )
+        out.add_fp(
+            io.BytesIO(data),
+            len(data),
+            _iso9660(name),
+            rr_name=parts[-1] if rock_ridge else None,
+            joliet_path=f"/{name}" if joliet else None,
+        )
+    out.write(str(dest))
+    out.close()
+    return dest
+
+
+@pytest.fixture(scope="module")
+def keys() -> BuildKeys:
+    return BuildKeys.generate("installer-test")
+
+
+# ---- reading the ISO --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rock_ridge", "joliet"),
+    [(True, False), (True, True), (False, True), (False, False)],
+    ids=["rockridge", "rockridge+joliet", "joliet", "iso9660"],
+)
+def test_kernel_and_initrd_read_back_from_a_live_server_iso(
+    tmp_path: Path, rock_ridge: bool, joliet: bool
+) -> None:
+    source = make_iso(tmp_path / "live.iso", LIVE_SERVER, rock_ridge=rock_ridge, joliet=joliet)
+    out = tmp_path / "out"
+    out.mkdir()
+    boot = installer.extract_boot_files(source, out, "amd64")
+    assert hashlib.sha256(boot.kernel.read_bytes()).digest() == hashlib.sha256(KERNEL).digest()
+    assert boot.initrd.read_bytes() == INITRD
+    assert sorted(p.name for p in out.iterdir()) == sorted([boot.kernel.name, boot.initrd.name])
+    with iso.open_iso(source) as opened:
+        assert iso.member_exists(opened, ".disk/info") == (rock_ridge or joliet)
+        assert iso.member_exists(opened, "boot/grub/grub.cfg")
+        assert not iso.member_exists(opened, "casper")  # a directory is not a member
+    assert (
+        iso.extract(source, "boot/grub/grub.cfg", tmp_path / "grub.cfg").read_bytes()
+        == (LIVE_SERVER["boot/grub/grub.cfg"])
+    )
+
+
+def test_missing_kernel_names_the_member_and_leaves_nothing(tmp_path: Path) -> None:
+    files = {k: v for k, v in LIVE_SERVER.items() if k != "casper/initrd"}
+    source = make_iso(tmp_path / "bad.iso", files, rock_ridge=True, joliet=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SourceError, match="casper/initrd"):
+        installer.extract_boot_files(source, out, "amd64")
+    assert not any(p.name.endswith(".partial") for p in out.iterdir())
+
+
+def test_not_an_iso_is_a_source_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.iso"
+    junk.write_bytes(b"\0" * 70000)
+    with pytest.raises(SourceError, match="not a readable ISO"):
+        iso.extract(junk, "casper/vmlinuz", tmp_path / "k")
+    with pytest.raises(SourceError, match="not found"):
+        iso.extract(tmp_path / "absent.iso", "casper/vmlinuz", tmp_path / "k")
+
+
+def test_iso9660_spellings() -> None:
+    assert iso.iso_names("casper/vmlinuz") == ["/CASPER/VMLINUZ.;1", "/CASPER/VMLINUZ;1"]
+    assert iso.iso_names("/install.amd/initrd.gz") == ["/INSTALL.AMD/INITRD.GZ;1"]
+
+
+# ---- where the ISO is ----------------------------------------------------------------------
+
+SUMS = """\
+{a} *ubuntu-22.04.3-live-server-amd64.iso
+{b} *ubuntu-22.04.4-desktop-amd64.iso
+{c} *ubuntu-22.04.4-live-server-amd64.iso
+{d} *ubuntu-22.04.4-live-server-arm64.iso
+""".format(a="a" * 64, b="b" * 64, c="C" * 64, d="d" * 64)
+
+
+def test_live_server_iso_found_in_sha256sums_by_name() -> None:
+    entry = installer.find_live_server_iso(SUMS, "amd64")
+    assert entry == installer.IsoEntry("ubuntu-22.04.4-live-server-amd64.iso", "c" * 64)
+    assert installer.find_live_server_iso(SUMS, "arm64").sha256 == "d" * 64
+    with pytest.raises(SourceError, match="no live-server ISO for riscv64"):
+        installer.find_live_server_iso(SUMS, "riscv64")
+
+
+def test_iso_directory_urls() -> None:
+    jammy = release("jammy")
+    assert installer.live_server_dir_url(jammy, "amd64") == "https://releases.ubuntu.com/jammy"
+    assert (
+        installer.live_server_dir_url(jammy, "arm64")
+        == "https://cdimage.ubuntu.com/releases/jammy/release"
+    )
+    assert installer.live_server_dir_url(jammy, "amd64", "http://m/") == "http://m/jammy"
+    with pytest.raises(ConfigError):
+        installer.live_server_dir_url(release("bookworm"), "amd64")
+
+
+# ---- the installer VM -----------------------------------------------------------------------
+
+
+def _spec(tmp_path: Path, arch: str = "amd64") -> qemu.MachineSpec:
+    return qemu.MachineSpec(
+        arch=arch, accel="tcg", disk=tmp_path / "disk.raw", disk_format="raw",
+        serial_log=tmp_path / "serial.log", qmp_socket=tmp_path / "qmp.sock", ssh_port=2222,
+        firmware=Firmware.UEFI, firmware_code=tmp_path / "code.fd",
+        firmware_vars=tmp_path / "vars.fd", seed=tmp_path / "seed.iso",
+    )  # fmt: skip
+
+
+def _after(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_installer_argv_boots_the_iso_kernel_with_autoinstall(tmp_path: Path) -> None:
+    boot = installer.InstallerBoot(
+        kernel=tmp_path / "vmlinuz",
+        initrd=tmp_path / "initrd",
+        cmdline=installer.kernel_cmdline("amd64"),
+        cdrom=tmp_path / "live,server.iso",
+    )
+    spec = installer.installer_spec(_spec(tmp_path), boot)
+    argv = qemu.qemu_argv(spec)
+    assert _after(argv, "-kernel") == [str(tmp_path / "vmlinuz")]
+    assert _after(argv, "-initrd") == [str(tmp_path / "initrd")]
+    (append,) = _after(argv, "-append")
+    assert append.split() == ["autoinstall", "ds=nocloud", "console=ttyS0,115200n8"]
+    assert "-no-reboot" in argv
+    drives = _after(argv, "-drive")
+    (cd,) = [d for d in drives if "media=cdrom" in d]
+    assert f"file={tmp_path}/live,,server.iso" in cd and "readonly=on" in cd
+    assert any(d.startswith("if=none,id=seed0,") and "seed.iso" in d for d in drives)
+    assert "ide-cd,drive=cd0" in _after(argv, "-device")
+    (netdev,) = _after(argv, "-netdev")
+    forwards = [f for f in netdev.split(",") if f.startswith("hostfwd=")]
+    assert forwards == ["hostfwd=tcp:127.0.0.1:2222-:22"]
+    assert int(_after(argv, "-m")[0]) >= installer.MIN_MEMORY
+    assert not any("passw" in a.lower() for a in argv)
+
+
+def test_arm64_installer_uses_virtio_scsi_cdrom_and_pl011_console(tmp_path: Path) -> None:
+    boot = installer.InstallerBoot(
+        tmp_path / "k", tmp_path / "i", installer.kernel_cmdline("arm64"), tmp_path / "a.iso"
+    )
+    argv = installer.installer_args("arm64", boot)
+    assert "scsi-cd,bus=scsi0.0,drive=cd0" in argv
+    assert "console=ttyAMA0,115200n8" in _after(argv, "-append")[0]
+    netboot = installer.InstallerBoot(tmp_path / "k", tmp_path / "i", "auto=true", None)
+    assert not any("cdrom" in a for a in installer.installer_args("amd64", netboot))
+
+
+# ---- the autoinstall answers ----------------------------------------------------------------
+
+
+def _keys_named(doc: Any) -> list[str]:
+    if isinstance(doc, dict):
+        return [str(k) for k in doc] + [k for v in doc.values() for k in _keys_named(v)]
+    if isinstance(doc, list):
+        return [k for v in doc for k in _keys_named(v)]
+    return []
+
+
+@pytest.mark.parametrize(("layout", "name"), [(Layout.FLAT, "direct"), (Layout.LVM, "lvm")])
+def test_autoinstall_seed_on_a_cidata_iso(
+    tmp_path: Path, keys: BuildKeys, layout: Layout, name: str
+) -> None:
+    path = installer.write_autoinstall_seed(
+        tmp_path / "seed.iso", keys, user="imagebuilder-build", layout=layout, instance_id="i-1"
+    )
+    with iso.open_iso(path) as opened:
+        assert opened.pvd.volume_identifier.decode().strip() == "cidata"
+    text = iso.extract(path, "user-data", tmp_path / "user-data").read_text()
+    meta = yaml.safe_load(iso.extract(path, "meta-data", tmp_path / "meta-data").read_text())
+    assert meta["instance-id"] == "i-1"
+    assert text.startswith("#cloud-config\n")
+    ai = yaml.safe_load(text)["autoinstall"]
+    assert ai["version"] == 1
+    assert ai["storage"]["layout"]["name"] == name
+    assert ai["storage"]["swap"] == {"size": 0}
+    assert ai["ssh"] == {"install-server": True, "allow-pw": False}
+    assert ai["shutdown"] == "poweroff"
+    assert ai["interactive-sections"] == []
+    assert ai["proxy"] is None
+    assert "identity" not in ai  # the user-data section creates the user, with no password
+    (user,) = ai["user-data"]["users"]
+    assert user["name"] == "imagebuilder-build"
+    assert user["lock_passwd"] is True
+    assert user["ssh_authorized_keys"] == [keys.client.public_openssh]
+    assert ai["user-data"]["ssh_pwauth"] is False
+    assert ai["user-data"]["ssh_keys"] == {
+        "ed25519_private": keys.host.private_openssh,
+        "ed25519_public": keys.host.public_openssh,
+    }
+    names = _keys_named(ai)
+    assert not [k for k in names if "passw" in k and k not in ("lock_passwd", "ssh_pwauth")]
+    assert "$6$" not in text and "$y$" not in text  # no password hash either
+
+
+def test_proxy_goes_to_the_installer_and_cloudimg_is_refused(keys: BuildKeys) -> None:
+    text = installer.render_autoinstall(
+        keys, user="u", layout=Layout.LVM, proxy="http://10.0.2.2:3128"
+    )
+    assert yaml.safe_load(text)["autoinstall"]["proxy"] == "http://10.0.2.2:3128"
+    with pytest.raises(ConfigError, match="not an installer build"):
+        installer.render_autoinstall(keys, user="u", layout=Layout.CLOUDIMG)
+
+
+def test_installer_failure_lines_are_found_after_the_offset(tmp_path: Path) -> None:
+    log = tmp_path / "serial.log"
+    log.write_bytes(b"booting\n\x1b[31mAn error occurred. Press enter to start a shell\x1b[0m\n")
+    line, end = installer._fatal_line(log, 0)
+    assert line == "An error occurred. Press enter to start a shell"
+    assert end == log.stat().st_size
+    log.write_bytes(log.read_bytes() + b"x" * 1000 + b"\nstill fine\n")
+    assert installer._fatal_line(log, log.stat().st_size)[0] is None
+
+
+# ---- /curtin of installer images ------------------------------------------------------------
+
+
+def test_custom_packages_archive_is_reproducible_and_holds_only_debs(tmp_path: Path) -> None:
+    pkgs = tmp_path / "packages"
+    pkgs.mkdir()
+    (pkgs / "zz_1_all.deb").write_bytes(b"z" * 1000)
+    (pkgs / "aa_1_amd64.deb").write_bytes(b"a" * 10)
+    (pkgs / "notes.txt").write_text("not a package")
+    first = installer.custom_packages_archive(pkgs)
+    os.utime(pkgs / "zz_1_all.deb", (1, 1))
+    assert installer.custom_packages_archive(pkgs) == first
+    with tarfile.open(fileobj=io.BytesIO(first), mode="r:gz") as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["aa_1_amd64.deb", "zz_1_all.deb"]
+        assert {(m.uid, m.gid, m.mtime, m.mode) for m in members} == {(0, 0, 0, 0o644)}
+        extracted = tar.extractfile("zz_1_all.deb")
+        assert extracted is not None and extracted.read() == b"z" * 1000
+    with pytest.raises(ConfigError, match=r"no \.deb files"):
+        installer.custom_packages_archive(tmp_path)
+
+
+def test_installer_hook_files(tmp_path: Path) -> None:
+    files = {f.name: f for f in installer.installer_hook_files()}
+    assert set(files) == {"curtin-hooks", "install-custom-packages", "setup-bootloader"}
+    assert all(f.mode == stat.S_IFREG | 0o750 for f in files.values())
+    (tmp_path / "x_1_all.deb").write_bytes(b"x")
+    with_debs = {f.name: f for f in installer.installer_hook_files(tmp_path)}
+    assert with_debs["custom-packages.tar.gz"].mode == stat.S_IFREG | 0o644
