@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,36 @@ def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:
 def test_upload_refuses_without_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["jammy", "--upload"]) == 2
     assert "--name" in capsys.readouterr().err
+
+
+def _tgz(path: Path, files: dict[str, bytes]) -> Path:
+    import gzip
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(f"./{name}")
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(gzip.compress(buf.getvalue(), mtime=0))
+    return path
+
+
+def test_diff_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _tgz(tmp_path / "a.tar.gz", {"etc/x": b"1", "etc/y": b"2"})
+    b = _tgz(tmp_path / "b.tar.gz", {"etc/x": b"1", "etc/y": b"2"})
+    c = _tgz(tmp_path / "c.tar.gz", {"etc/x": b"changed", "etc/z": b"3"})
+    assert cli.main(["diff", str(a), str(b)]) == 0
+    assert capsys.readouterr().out == ""
+    assert cli.main(["diff", str(a), str(c)]) == 1
+    out = capsys.readouterr().out
+    assert "etc/x" in out and "etc/y" in out and "etc/z" in out
+    assert cli.main(["diff", str(a), str(tmp_path / "missing")]) == 2
+
+
+def test_locked_without_lock_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lock = tmp_path / "none.lock"
+    assert cli.main(["bookworm", "--base", "bootstrap", "--locked", "--lock", str(lock)]) == 2
+    assert "no lock file" in capsys.readouterr().err
