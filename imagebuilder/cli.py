@@ -315,7 +315,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
     from .pipeline import build
 
     progress = _progress(ns)
-    result = build(cfg, progress=progress, lock=_lock_for(ns, cfg))
+    result = build(cfg, progress=progress, lock=_lock_for(ns, cfg), debug_shell=ns.debug_shell)
     print(f"{result.output}  sha256 {result.sha256}  {result.size} bytes", file=sys.stderr)
     print(f"manifest: {result.manifest}", file=sys.stderr)
     if ns.upload:

@@ -102,9 +102,17 @@ def _save_logs(build_dir: Path, dest: Path) -> None:
 
 
 def build(
-    cfg: Config, *, progress: Progress | None = None, lock: Lock | None = None
+    cfg: Config,
+    *,
+    progress: Progress | None = None,
+    lock: Lock | None = None,
+    debug_shell: bool = False,
 ) -> BuildResult:
-    """Build the image ``cfg`` describes and return where it is (``lock``: see get_base)."""
+    """Build the image ``cfg`` describes and return where it is.
+
+    ``lock``: see :func:`get_base`. ``debug_shell``: on a provisioning failure, open
+    an interactive shell on the build VM before it is torn down.
+    """
     progress = progress or Progress()
     if cfg.layout is not Layout.CLOUDIMG:
         raise ConfigError(
@@ -120,7 +128,7 @@ def build(
         with progress.stage("base", f"{cfg.series} {cfg.arch} ({cfg.source.base.value})"):
             base = get_base(cfg, progress, lock=lock)
         with progress.stage("vm", "boot, provision and power off the build VM"):
-            disk = provision(base, cfg, build_dir, progress)
+            disk = provision(base, cfg, build_dir, progress, debug_shell=debug_shell)
         result = export_disk(disk, cfg, base=base, progress=progress)  # its own "export" stage
         kept = build_dir if cfg.output.keep_disk else None
     progress.info(f"built {result.path} ({result.size} bytes) in {time.monotonic() - start:.0f} s")
