@@ -33,7 +33,8 @@ def session(info: DiskInfo, *, readonly: bool, force_tcg: bool) -> Iterator[Any]
         import guestfs
     except ImportError as exc:
         raise DiskError(
-            "the libguestfs Python binding (module guestfs) is missing",
+            "this disk needs --disk-backend guestfs (xfs, btrfs or LVM root), but the "
+            "libguestfs Python binding (module guestfs) is missing",
             hint="apt-get install python3-guestfs, and use a venv made with --system-site-packages",
         ) from exc
     g = guestfs.GuestFS(python_return_dict=True)

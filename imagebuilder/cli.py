@@ -391,7 +391,9 @@ def cmd_export(ns: argparse.Namespace) -> int:
     cfg = _resolve(ns, series=ns.series or "jammy")
     from .export import export_disk
 
-    result = export_disk(ns.disk.resolve(), cfg, base=None, progress=_progress(ns))
+    progress = _progress(ns)
+    with progress.stage("export", f"{ns.disk.name} ({cfg.output.filetype.value})"):
+        result = export_disk(ns.disk.resolve(), cfg, base=None, progress=progress)
     print(f"{result.path}  sha256 {result.sha256}  {result.size} bytes")
     return EXIT_OK
 

@@ -22,7 +22,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,6 +75,43 @@ def probe(path: Path) -> DiskInfo:
     )
 
 
+def _open_in_root(root: Path, rel: str, flags: int) -> int:
+    """Open ``root/rel`` without following any symlink (the image's links point into the
+    host's filesystem, not the image's)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        parts = [p for p in rel.split("/") if p]
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def read_in_root(root: Path, rel: str) -> bytes | None:
+    """The content of regular file ``rel`` of a mounted image, None if it is not one."""
+    try:
+        fd = _open_in_root(root, rel, os.O_RDONLY)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read() if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
+
+
+def listdir_in_root(root: Path, rel: str) -> list[str] | None:
+    """Names in directory ``rel`` of a mounted image, None if it is not a directory."""
+    try:
+        fd = _open_in_root(root, rel, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
+
+
 def is_root() -> bool:
     return os.geteuid() == 0 and Path("/dev/loop-control").exists()
 
@@ -106,6 +146,34 @@ class Server:
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.handle().pread(length, offset))
 
+    def extents(self) -> Iterator[tuple[int, int, bool]]:
+        """(offset, length, is_zero) covering the disk, from NBD base:allocation."""
+        import nbd
+
+        h = self.handle()
+        size = self.info.virtual_size
+        supported = bool(h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION))
+        found: list[tuple[int, bool]] = []
+
+        def collect(ctx: str, off: int, entries: list[int], err: int) -> int:
+            if ctx == nbd.CONTEXT_BASE_ALLOCATION:
+                for i in range(0, len(entries) - 1, 2):
+                    found.append((entries[i], bool(entries[i + 1] & nbd.STATE_ZERO)))
+            return 0
+
+        offset = 0
+        while offset < size:
+            want = min(size - offset, 1 << 30)
+            found.clear()
+            if supported:
+                h.block_status(want, offset, collect)
+            for length, zero in list(found) or [(want, False)]:
+                length = min(length, size - offset)
+                if length <= 0:
+                    break
+                yield offset, length, zero
+                offset += length
+
     def layout(self) -> Layout:
         return parttable.read_layout(self.read, self.info.virtual_size)
 
@@ -131,7 +199,6 @@ def serve(
     ``writable`` is for throwaway overlays only, and then with ``nbd=False``: qemu
     does not let a writable FUSE export share its node with an NBD export.
     """
-    sock = workdir / f"{name}.sock"
     fuse_file = workdir / f"{name}.raw" if fuse else None
     ro = not writable
     node = {
@@ -141,6 +208,11 @@ def serve(
         "file": {"driver": "file", "filename": os.fspath(info.path), "read-only": ro},
     }
     argv: list[str] = ["qemu-storage-daemon", "--blockdev", json.dumps(node)]
+    # A unix socket path must fit in 108 bytes: keep it out of a deep work dir.
+    sockdir = Path(
+        tempfile.mkdtemp(prefix="ib-", dir=None if len(tempfile.gettempdir()) < 60 else "/tmp")
+    )
+    sock = sockdir / f"{name}.sock"
     if nbd:
         argv += [
             "--nbd-server",
@@ -158,13 +230,16 @@ def serve(
             "writable": writable,
         }
         argv += ["--export", json.dumps(export)]
-    with spawn(argv) as proc:
-        _wait_ready(proc, sock if nbd else None, fuse_file)
-        server = Server(info, sock, fuse_file)
-        try:
-            yield server
-        finally:
-            server.close()
+    try:
+        with spawn(argv) as proc:
+            _wait_ready(proc, sock if nbd else None, fuse_file)
+            server = Server(info, sock, fuse_file)
+            try:
+                yield server
+            finally:
+                server.close()
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], sock: Path | None, fuse_file: Path | None) -> None:
@@ -226,15 +301,18 @@ def mount_root(
 ) -> Iterator[RootView]:
     """Mount the root (and XBOOTLDR /boot) read-only with ``backend`` until the block exits."""
     root = find_root(layout)
-    boot = parttable.pick_boot(layout)
     if backend is DiskBackend.GUESTFS:
         raise DiskError("internal: libguestfs disks are streamed, not mounted on the host")
     if root.fstype == "LVM2_member":
         raise DiskError("the root filesystem is on LVM", hint="use --disk-backend guestfs")
     with contextlib.ExitStack() as stack:
         rdir = stack.enter_context(_mount_one(server, root, backend, workdir / "root"))
+        fstab = rdir / "etc/fstab"
+        boot = parttable.pick_boot(
+            layout, fstab.read_text(errors="replace") if fstab.is_file() else ""
+        )
         bdir = None
-        if boot is not None:
+        if boot is not None and boot != root:
             bdir = stack.enter_context(_mount_one(server, boot, backend, workdir / "boot"))
         yield RootView(rdir, bdir, backend)
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import platform
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,8 @@ class AtomicOutput:
 
 
 class _Throttle:
+    """Progress counter events at most every 0.2 s (a tar of small files calls often)."""
+
     def __init__(self, progress: Progress, name: str, total: int | None) -> None:
         self.progress, self.name, self.total, self.last = progress, name, total, 0.0
 
@@ -158,6 +160,9 @@ class _Throttle:
         if now - self.last >= 0.2:
             self.last = now
             self.progress.counter(self.name, done, self.total)
+
+    def finish(self) -> None:
+        self.progress.counter(self.name, self.total or 0, self.total)
 
 
 def export_disk(
@@ -188,20 +193,18 @@ def export_disk(
         )
         info = disk.probe(Path(disk_path))
         facts = _Facts(epoch=epoch)
-        with progress.stage("export", f"{info.path.name} -> {out.name} ({ft.value})"):
-            sink = stack.enter_context(AtomicOutput(out))
-            try:
-                if ft.is_raw:
-                    _export_raw(info, cfg, base, work, sink, facts, progress)
-                else:
-                    _export_tar(info, cfg, base, work, sink, facts, progress)
-            except OSError as exc:
-                raise ExportError(
-                    f"export of {info.path} failed: {exc}",
-                    hint="check free space and the disk image",
-                ) from exc
-            stack.pop_all().close()  # commit the output, unmount, remove the work dir
-        sha = sink.sha.hexdigest()
+        progress.info(f"exporting {info.path.name} ({info.format}) to {out} ({ft.value})")
+        sink = stack.enter_context(AtomicOutput(out))  # renamed into place when the block ends
+        try:
+            if ft.is_raw:
+                _export_raw(info, cfg, base, work, sink, facts, progress)
+            else:
+                _export_tar(info, cfg, base, work, sink, facts, progress)
+        except OSError as exc:
+            raise ExportError(
+                f"export of {info.path} failed: {exc}", hint="check free space and the disk image"
+            ) from exc
+    sha = sink.sha.hexdigest()
     manifest_path, sums_path = manifest.write(
         out,
         cfg=cfg,
@@ -251,40 +254,52 @@ def _export_tar(
         root = disk.find_root(layout)
         backend = disk.choose_backend(cfg.output.disk_backend, root)
         facts.root, facts.backend = f"{root.number}:{root.fstype}", backend.value
-        if backend is DiskBackend.GUESTFS:
-            server.close()
-            return _tar_guestfs(info, layout, cfg, base, work, sink, facts, progress, codec)
-        if root.needs_recovery:
-            progress.warning(
-                f"the root filesystem of {info.path.name} was not cleanly "
-                "unmounted; reading it without replaying its journal"
-            )
-        with disk.mount_root(server, layout, backend, work) as view:
-            status = view.root / "var/lib/dpkg/status"
-            facts.dpkg_status = status.read_bytes() if status.is_file() else None
-            cdir = view.root / "curtin"
-            existing = sorted(os.listdir(cdir)) if cdir.is_dir() else None
-            files = curtin.hook_files(cfg, base, existing or [])
-            facts.curtin = [f.name for f in files if not f.is_dir]
-            mtime = (
-                facts.epoch if facts.epoch is not None else view.root.stat().st_mtime_ns // 10**9
-            )
-            total = sum(
-                (v.f_blocks - v.f_bfree) * v.f_frsize
-                for v in map(os.statvfs, filter(None, (view.root, view.boot)))
-            )
-            with compress.Compressor(sink.write, codec) as comp:
-                stats = tarstream.write_tree(
-                    comp,
-                    view.root,
-                    epoch=facts.epoch,
-                    overlay=_curtin_overlay(existing, files, mtime),
-                    mounts={"boot": view.boot} if view.boot is not None else None,
-                    emptied=EMPTIED,
-                    on_progress=_Throttle(progress, "export", total),
+        if backend is not DiskBackend.GUESTFS:
+            if root.needs_recovery:
+                progress.warning(
+                    f"the root filesystem of {info.path.name} was not cleanly unmounted; "
+                    "reading it without replaying its journal"
                 )
-            facts.stream_bytes, facts.emptied = comp.size, stats.emptied
-    return None
+            with disk.mount_root(server, layout, backend, work) as view:
+                _tar_mounted(view, cfg, base, sink, facts, progress, codec)
+            return
+    _tar_guestfs(info, layout, cfg, base, work, sink, facts, progress, codec)
+
+
+def _tar_mounted(
+    view: disk.RootView,
+    cfg: Config,
+    base: BaseDisk | None,
+    sink: AtomicOutput,
+    facts: _Facts,
+    progress: Progress,
+    codec: compress.Codec,
+) -> None:
+    facts.dpkg_status = disk.read_in_root(view.root, "var/lib/dpkg/status")
+    existing = disk.listdir_in_root(view.root, "curtin")
+    files = curtin.hook_files(cfg, base, existing or [])
+    facts.curtin = [f.name for f in files if not f.is_dir]
+    mtime = facts.epoch if facts.epoch is not None else view.root.stat().st_mtime_ns // 10**9
+    tick = _Throttle(
+        progress,
+        "export",
+        sum(
+            (v.f_blocks - v.f_bfree) * v.f_frsize
+            for v in map(os.statvfs, filter(None, (view.root, view.boot)))
+        ),
+    )
+    with compress.Compressor(sink.write, codec) as comp:
+        stats = tarstream.write_tree(
+            comp,
+            view.root,
+            epoch=facts.epoch,
+            overlay=_curtin_overlay(existing, files, mtime),
+            mounts={"boot": view.boot} if view.boot is not None else None,
+            emptied=EMPTIED,
+            on_progress=tick,
+        )
+    tick.finish()
+    facts.stream_bytes, facts.emptied = comp.size, stats.emptied
 
 
 def _tar_guestfs(
@@ -301,7 +316,7 @@ def _tar_guestfs(
     from . import appliance
 
     progress.info("reading the disk through libguestfs (starting its appliance)")
-    with appliance.session(info, readonly=True, force_tcg=_force_tcg(cfg)) as g:
+    with appliance.session(info, readonly=True, force_tcg=_force_tcg(cfg, progress)) as g:
         appliance.mount_fs(g, layout, readonly=True)
         reader = appliance.GuestfsEditor(g)
         facts.dpkg_status = reader.read("/var/lib/dpkg/status")
@@ -309,7 +324,7 @@ def _tar_guestfs(
         files = curtin.hook_files(cfg, base, existing or [])
         facts.curtin = [f.name for f in files if not f.is_dir]
         mtime = facts.epoch if facts.epoch is not None else reader.root_mtime()
-        total = reader.used_bytes()
+        tick = _Throttle(progress, "export", reader.used_bytes())
         with appliance.tar_out(g, work) as stream, compress.Compressor(sink.write, codec) as comp:
             stats = tarstream.retar(
                 comp,
@@ -317,13 +332,20 @@ def _tar_guestfs(
                 epoch=facts.epoch,
                 overlay=_curtin_overlay(existing, files, mtime),
                 emptied=EMPTIED,
-                on_progress=_Throttle(progress, "export", total),
+                on_progress=tick,
             )
+        tick.finish()
         facts.stream_bytes, facts.emptied = comp.size, stats.emptied
 
 
-def _force_tcg(cfg: Config) -> bool:
-    return cfg.machine.accel.value != "kvm"
+def _force_tcg(cfg: Config, progress: Progress) -> bool:
+    """Whether libguestfs' appliance must run under TCG: when KVM does not run guests."""
+    from . import accel
+
+    host = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    requested = cfg.machine.accel
+    found = accel.probe_accel(host, progress, requested=requested, cache_dir=cfg.source.cache_dir)
+    return found != "kvm"
 
 
 def _export_raw(
@@ -358,7 +380,7 @@ def _export_raw(
     else:
         from . import appliance
 
-        with appliance.editor(ov, layout, force_tcg=_force_tcg(cfg)) as ged:
+        with appliance.editor(ov, layout, force_tcg=_force_tcg(cfg, progress)) as ged:
             if facts.epoch is None:
                 facts.epoch = ged.root_mtime()
             _add_curtin(ged, cfg, base, facts)
@@ -373,19 +395,7 @@ def _add_curtin(
     files = curtin.hook_files(cfg, base, existing or [])
     facts.curtin = [f.name for f in files if not f.is_dir]
     facts.dpkg_status = ed.read("/var/lib/dpkg/status")
-    mtime = facts.epoch or 0
-    expect: dict[str, int] = {}
-    if existing is None:
-        ed.mkdir("/curtin", stat.S_IFDIR | 0o755, mtime)
-        expect["/curtin"] = stat.S_IFDIR | 0o755
-    for f in files:
-        path = f"/curtin/{f.name}"
-        if f.is_dir:
-            ed.mkdir(path, f.mode, mtime)
-        else:
-            ed.write(path, f.data, f.mode, mtime)
-        expect[path] = f.mode
-    return expect
+    return overlay.add_curtin(ed, files, existing is not None, facts.epoch or 0)
 
 
 def _stream_disk(
@@ -398,45 +408,13 @@ def _stream_disk(
         out: Any = sink
         if codec is not None:
             out = stack.enter_context(compress.Compressor(sink.write, codec))
-        for offset, length, zero in extents(server, size):
+        for offset, length, zero in server.extents():
             if zero:
                 out.write_zeros(length)
-            else:
-                end = offset + length
-                while offset < end:
-                    n = min(4 << 20, end - offset)
-                    out.write(server.read(offset, n))
-                    offset += n
-                    tick(offset)
-            tick(offset + length if zero else offset)
+                tick(offset + length)
+                continue
+            for pos in range(offset, offset + length, 4 << 20):
+                out.write(server.read(pos, min(4 << 20, offset + length - pos)))
+                tick(pos)
+    tick.finish()
     facts.stream_bytes = size
-
-
-def extents(server: disk.Server, size: int) -> Iterator[tuple[int, int, bool]]:
-    """(offset, length, is_zero) covering the disk, from NBD base:allocation block status."""
-    h = server.handle()
-    import nbd
-
-    supported = bool(h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION))
-    got: list[tuple[int, bool]] = []
-
-    def cb(ctx: str, off: int, entries: list[int], err: int) -> int:
-        if ctx == nbd.CONTEXT_BASE_ALLOCATION:
-            for i in range(0, len(entries) - 1, 2):
-                got.append((entries[i], bool(entries[i + 1] & nbd.STATE_ZERO)))
-        return 0
-
-    offset = 0
-    while offset < size:
-        want = min(size - offset, 1 << 30)
-        got.clear()
-        if supported:
-            h.block_status(want, offset, cb)
-        if not got:
-            got = [(want, False)]
-        for length, zero in list(got):
-            length = min(length, size - offset)
-            if length <= 0:
-                break
-            yield offset, length, zero
-            offset += length

@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, cast
 
 from .errors import InspectError
 from .manifest import parse_dpkg_status
@@ -122,7 +122,7 @@ def open_stream(src: Path | Any, comp: str) -> IO[bytes]:
 class _Hashing(io.RawIOBase):
     """Read-through wrapper that hashes the compressed file as it is read."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: io.BufferedIOBase) -> None:
         super().__init__()
         self.f, self.sha = f, hashlib.sha256()
 
@@ -130,7 +130,7 @@ class _Hashing(io.RawIOBase):
         return True
 
     def readinto(self, b: Any) -> int:
-        n = self.f.readinto(b)
+        n: int = self.f.readinto(b)
         self.sha.update(memoryview(b)[:n])
         return n
 
@@ -327,7 +327,7 @@ def inspect_image(path: Path) -> InspectReport:
             hashing = _Hashing(raw)
             stream = open_stream(hashing, comp)
             tree, usize = read_tar(stream)
-            if stream is not hashing:
+            if comp != "none":
                 stream.close()  # a decompressor does not close the file it was given
             while hashing.read(1 << 20):
                 pass

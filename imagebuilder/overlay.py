@@ -21,6 +21,7 @@ import stat
 from pathlib import Path
 from typing import Protocol
 
+from .curtin import HookFile
 from .disk import DiskInfo
 from .errors import DiskError
 from .run import run
@@ -32,6 +33,22 @@ class Editor(Protocol):
     def root_mtime(self) -> int: ...
     def mkdir(self, path: str, mode: int, mtime: int) -> None: ...
     def write(self, path: str, data: bytes, mode: int, mtime: int) -> None: ...
+
+
+def add_curtin(ed: Editor, files: list[HookFile], has_dir: bool, mtime: int) -> dict[str, int]:
+    """Queue ``files`` under /curtin (made first unless ``has_dir``); returns {path: mode}."""
+    expect: dict[str, int] = {}
+    if not has_dir:
+        ed.mkdir("/curtin", stat.S_IFDIR | 0o755, mtime)
+        expect["/curtin"] = stat.S_IFDIR | 0o755
+    for f in files:
+        path = f"/curtin/{f.name}"
+        if f.is_dir:
+            ed.mkdir(path, f.mode, mtime)
+        else:
+            ed.write(path, f.data, f.mode, mtime)
+        expect[path] = f.mode
+    return expect
 
 
 def create(info: DiskInfo, workdir: Path) -> DiskInfo:

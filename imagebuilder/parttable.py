@@ -43,6 +43,8 @@ class Partition:
     label: str = ""  # filesystem label
     #: ext: the journal holds transactions not yet replayed (unclean shutdown).
     needs_recovery: bool = False
+    uuid: str = ""  # filesystem UUID (vfat: its serial, XXXX-XXXX)
+    partuuid: str = ""  # GPT unique partition GUID, or MBR "<disk id>-<NN>"
 
     @property
     def is_xbootldr(self) -> bool:
@@ -60,7 +62,10 @@ def _guid(raw: bytes) -> str:
     return str(uuid.UUID(bytes_le=raw))
 
 
-def _parse_gpt(read: Reader, disk_size: int) -> list[tuple[int, int, int, str, str]] | None:
+_Raw = tuple[int, int, int, str, str, str]  # number, start, size, type, name, partuuid
+
+
+def _parse_gpt(read: Reader, disk_size: int) -> list[_Raw] | None:
     hdr = read(SECTOR, SECTOR)
     if hdr[:8] != b"EFI PART":
         return None
@@ -83,15 +88,16 @@ def _parse_gpt(read: Reader, disk_size: int) -> list[tuple[int, int, int, str, s
         name = e[56:128].decode("utf-16-le", "replace").split("\0", 1)[0]
         start, size = first * SECTOR, (last - first + 1) * SECTOR
         if last >= first and start + size <= disk_size:
-            out.append((i + 1, start, size, _guid(e[:16]), name))
+            out.append((i + 1, start, size, _guid(e[:16]), name, _guid(e[16:32])))
     return out
 
 
-def _parse_mbr(read: Reader, disk_size: int) -> list[tuple[int, int, int, str, str]] | None:
+def _parse_mbr(read: Reader, disk_size: int) -> list[_Raw] | None:
     mbr = read(0, SECTOR)
     if mbr[510:512] != b"\x55\xaa":
         return None
-    out: list[tuple[int, int, int, str, str]] = []
+    disk_id = f"{struct.unpack_from('<I', mbr, 440)[0]:08x}"
+    out: list[_Raw] = []
     for i in range(4):
         ptype, lba, nsec = struct.unpack_from("<4xB3xII", mbr, 446 + 16 * i)
         if ptype == 0 or nsec == 0:
@@ -99,16 +105,23 @@ def _parse_mbr(read: Reader, disk_size: int) -> list[tuple[int, int, int, str, s
         if ptype == 0xEE:  # protective MBR of a GPT disk whose GPT did not parse
             return None
         if ptype in MBR_EXTENDED:
-            out.extend(_parse_logical(read, lba, disk_size))
+            out.extend(_parse_logical(read, lba, disk_size, disk_id))
         elif (lba + nsec) * SECTOR <= disk_size:
-            out.append((i + 1, lba * SECTOR, nsec * SECTOR, f"mbr:0x{ptype:02x}", ""))
+            out.append(
+                (
+                    i + 1,
+                    lba * SECTOR,
+                    nsec * SECTOR,
+                    f"mbr:0x{ptype:02x}",
+                    "",
+                    f"{disk_id}-{i + 1:02x}",
+                )
+            )
     # Boot sector of a bare FAT filesystem also ends in 55aa: no entries means no table.
     return out or None
 
 
-def _parse_logical(
-    read: Reader, ext_lba: int, disk_size: int
-) -> list[tuple[int, int, int, str, str]]:
+def _parse_logical(read: Reader, ext_lba: int, disk_size: int, disk_id: str) -> list[_Raw]:
     out = []
     ebr_lba, number = ext_lba, 5
     for _ in range(128):  # a bound on broken chains
@@ -117,7 +130,10 @@ def _parse_logical(
             break
         ptype, lba, nsec = struct.unpack_from("<4xB3xII", ebr, 446)
         if ptype and nsec and (ebr_lba + lba + nsec) * SECTOR <= disk_size:
-            out.append((number, (ebr_lba + lba) * SECTOR, nsec * SECTOR, f"mbr:0x{ptype:02x}", ""))
+            start = (ebr_lba + lba) * SECTOR
+            out.append(
+                (number, start, nsec * SECTOR, f"mbr:0x{ptype:02x}", "", f"{disk_id}-{number:02x}")
+            )
             number += 1
         ntype, nlba = struct.unpack_from("<4xB3xI", ebr, 462)
         if ntype not in MBR_EXTENDED or nlba == 0:
@@ -126,38 +142,50 @@ def _parse_logical(
     return out
 
 
-def probe_fs(read: Reader, start: int, size: int) -> tuple[str, str, bool]:
-    """(fstype, label, needs_recovery) of the filesystem at ``start``, "" if unknown."""
+@dataclass(frozen=True)
+class FsInfo:
+    fstype: str = ""
+    label: str = ""
+    uuid: str = ""
+    needs_recovery: bool = False
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+
+
+def probe_fs(read: Reader, start: int, size: int) -> FsInfo:
+    """What filesystem (if any) starts at ``start``, from its superblock."""
     if size >= 2048:
         sb = read(start + 1024, 1024)
         if sb[56:58] == b"\x53\xef":
             compat, incompat = struct.unpack_from("<II", sb, 92)
-            label = sb[120:136].split(b"\0", 1)[0].decode("utf-8", "replace")
-            has_journal, recover = bool(compat & 0x4), bool(incompat & 0x4)
             ext4 = bool(incompat & (0x40 | 0x80 | 0x200))  # extents, 64bit, flex_bg
-            fstype = "ext4" if ext4 else ("ext3" if has_journal else "ext2")
-            return fstype, label, recover
+            fstype = "ext4" if ext4 else ("ext3" if compat & 0x4 else "ext2")
+            return FsInfo(
+                fstype, _text(sb[120:136]), str(uuid.UUID(bytes=sb[104:120])), bool(incompat & 0x4)
+            )
     head = read(start, 4096) if size >= 4096 else b""
     if head[:4] == b"XFSB":
-        return "xfs", head[108:120].split(b"\0", 1)[0].decode("utf-8", "replace"), False
+        return FsInfo("xfs", _text(head[108:120]), str(uuid.UUID(bytes=head[32:48])))
     if head[512 + 24 : 512 + 32] == b"LVM2 001" or head[512:520] == b"LABELONE":
-        return "LVM2_member", "", False
+        return FsInfo("LVM2_member")
     if head[4086:4096] in (b"SWAPSPACE2", b"SWAP-SPACE"):
-        return "swap", "", False
-    if head[510:512] == b"\x55\xaa" and (
-        head[82:87] == b"FAT32" or head[54:59] in (b"FAT12", b"FAT16")
-    ):
-        lab = head[71:82] if head[82:87] == b"FAT32" else head[43:54]
-        return "vfat", lab.decode("ascii", "replace").strip(), False
+        return FsInfo("swap", _text(head[1052:1068]), str(uuid.UUID(bytes=head[1036:1052])))
+    fat32 = head[82:87] == b"FAT32"
+    if head[510:512] == b"\x55\xaa" and (fat32 or head[54:59] in (b"FAT12", b"FAT16")):
+        serial = struct.unpack_from("<I", head, 67 if fat32 else 39)[0]
+        label = _text(head[71:82] if fat32 else head[43:54])
+        return FsInfo(
+            "vfat", "" if label == "NO NAME" else label, f"{serial >> 16:04X}-{serial & 0xFFFF:04X}"
+        )
     if size >= 0x10040 + 4096:
         bt = read(start + 0x10000, 4096)
         if bt[0x40:0x48] == b"_BHRfS_M":
-            return (
-                "btrfs",
-                bt[0x12B : 0x12B + 256].split(b"\0", 1)[0].decode("utf-8", "replace"),
-                False,
+            return FsInfo(
+                "btrfs", _text(bt[0x12B : 0x12B + 256]), str(uuid.UUID(bytes=bt[0x20:0x30]))
             )
-    return "", "", False
+    return FsInfo()
 
 
 def read_layout(read: Reader, disk_size: int) -> Layout:
@@ -167,11 +195,24 @@ def read_layout(read: Reader, disk_size: int) -> Layout:
     if raw is None:
         table, raw = "mbr", _parse_mbr(read, disk_size)
     if raw is None:
-        table, raw = "none", [(0, 0, disk_size, "", "")]
+        table, raw = "none", [(0, 0, disk_size, "", "", "")]
     parts = []
-    for number, start, size, ptype, name in raw:
-        fstype, label, recover = probe_fs(read, start, size)
-        parts.append(Partition(number, start, size, ptype, name, fstype, label, recover))
+    for number, start, size, ptype, name, partuuid in raw:
+        fs = probe_fs(read, start, size)
+        parts.append(
+            Partition(
+                number,
+                start,
+                size,
+                ptype,
+                name,
+                fs.fstype,
+                fs.label,
+                fs.needs_recovery,
+                fs.uuid,
+                partuuid,
+            )
+        )
     if table == "none" and not parts[0].fstype:
         parts = []
     return Layout(table, disk_size, tuple(parts))
@@ -197,9 +238,32 @@ def pick_root(layout: Layout) -> Partition | None:
     return max(candidates, key=lambda p: (p.size, p.fstype != "LVM2_member", -p.number))
 
 
-def pick_boot(layout: Layout) -> Partition | None:
-    """The XBOOTLDR partition (newer Ubuntu images keep kernels there), if any."""
+def pick_boot(layout: Layout, fstab: str = "") -> Partition | None:
+    """The partition mounted on /boot: XBOOTLDR (newer Ubuntu images), else per ``fstab``.
+
+    fstab sources understood: UUID=, LABEL=, PARTUUID=, PARTLABEL= and their
+    /dev/disk/by-* forms (device names like /dev/sda2 mean nothing in a disk image).
+    """
     for p in layout.partitions:
-        if p.is_xbootldr and p.fstype in (*LINUX_FS, "vfat"):
+        if p.is_xbootldr and p.fstype in LINUX_FS:
             return p
+    for line in fstab.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0].startswith("#") or fields[1].rstrip("/") != "/boot":
+            continue
+        key, _, value = fields[0].partition("=")
+        for form, attr in (
+            ("by-uuid", "UUID"),
+            ("by-label", "LABEL"),
+            ("by-partuuid", "PARTUUID"),
+            ("by-partlabel", "PARTLABEL"),
+        ):
+            if key.startswith(f"/dev/disk/{form}/"):
+                key, value = attr, key.rsplit("/", 1)[1]
+        field = {"UUID": "uuid", "LABEL": "label", "PARTUUID": "partuuid", "PARTLABEL": "name"}.get(
+            key
+        )
+        for p in layout.partitions:
+            if field and value and str(getattr(p, field)).lower() == value.strip('"').lower():
+                return p if p.fstype in LINUX_FS else None
     return None

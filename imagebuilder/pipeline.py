@@ -129,7 +129,8 @@ def build(
             base = get_base(cfg, progress, lock=lock)
         with progress.stage("vm", "boot, provision and power off the build VM"):
             disk = provision(base, cfg, build_dir, progress, debug_shell=debug_shell)
-        result = export_disk(disk, cfg, base=base, progress=progress)  # its own "export" stage
+        with progress.stage("export", cfg.output.filetype.value):
+            result = export_disk(disk, cfg, base=base, progress=progress)
         kept = build_dir if cfg.output.keep_disk else None
     progress.info(f"built {result.path} ({result.size} bytes) in {time.monotonic() - start:.0f} s")
     return BuildResult(

@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from imagebuilder.parttable import XBOOTLDR_GUID
 
@@ -62,6 +63,7 @@ def populate(root: Path) -> None:
     shutil.copy2("/usr/bin/true", root / "suid")
     os.chmod(root / "suid", 0o4755)
     sh("setcap", "cap_net_raw+ep", root / "suid")
+    os.setxattr(root / "suid", "security.selinux", b"system_u:object_r:bin_t:s0\0")
     (root / "acl").write_bytes(b"x" * 5000)
     sh("setfacl", "-m", "u:1234:rw", root / "acl")
     sh("setfacl", "-d", "-m", "g:55:rx", root / "dir")
@@ -87,6 +89,7 @@ class Part:
     fstype: str = "ext4"
     type_guid: str = "8300"
     label: str = ""
+    uuid: str = ""  # filesystem UUID (ext4), random if empty
 
 
 def make_disk(path: Path, parts: Sequence[Part], *, fmt: str = "qcow2") -> Path:
@@ -108,6 +111,7 @@ def make_disk(path: Path, parts: Sequence[Part], *, fmt: str = "qcow2") -> Path:
         size = p.size_mib << 20
         if p.fstype == "ext4":
             extra = ["-d", os.fspath(p.src)] if p.src is not None else []
+            extra += ["-U", p.uuid] if p.uuid else []
             sh(
                 "mke2fs",
                 "-q",
@@ -147,11 +151,22 @@ def xbootldr(src: Path | None, size_mib: int = 16) -> Part:
     return Part(src, size_mib, name="boot", type_guid=XBOOTLDR_GUID, label="BOOT")
 
 
-def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
-    """path -> (mode, uid, gid, rdev, content digest / link target, xattrs, link group, mtime)."""
+class Snap(NamedTuple):
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    body: str | None  # sha256 of a file's content, a symlink's target
+    xattrs: dict[str, bytes]
+    group: str | None  # first path of a hard-link group
+    mtime: int
+
+
+def snapshot(root: Path) -> dict[str, Snap]:
+    """Every entry under ``root``, by relative path."""
     import hashlib
 
-    out: dict[str, tuple[object, ...]] = {}
+    out: dict[str, Snap] = {}
     groups: dict[tuple[int, int], str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -160,7 +175,7 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
             rel = p.relative_to(root).as_posix()
             st = p.lstat()
             if stat.S_ISREG(st.st_mode):
-                body: object = hashlib.sha256(p.read_bytes()).hexdigest()
+                body: str | None = hashlib.sha256(p.read_bytes()).hexdigest()
             elif stat.S_ISLNK(st.st_mode):
                 body = os.readlink(p)
             else:
@@ -173,7 +188,7 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
             group = None
             if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
                 group = groups.setdefault((st.st_dev, st.st_ino), rel)
-            out[rel] = (
+            out[rel] = Snap(
                 st.st_mode,
                 st.st_uid,
                 st.st_gid,

@@ -191,7 +191,7 @@ def test_dd_image_skips_fstab_grub_and_kernel_steps(tmp_path: Path, fake_curtin:
 
 
 def test_failure_exits_non_zero(tmp_path: Path, fake_curtin: Path) -> None:
-    proc, steps, target = run_hook(tmp_path, fake_curtin, {"fail": True})
+    proc, steps, _ = run_hook(tmp_path, fake_curtin, {"fail": True})
     assert proc.returncode != 0
     assert "simulated failure" in proc.stderr
     assert [s["step"] for s in steps] == ["builtin_curthooks"]

@@ -166,3 +166,68 @@ def test_unclean_journal_is_detected(tmp_path: Path) -> None:
 def test_missing_disk_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DiskError, match="does not exist"):
         disk.probe(tmp_path / "nope.qcow2")
+
+
+BOOT_UUID = "5b7e8a2c-2a51-4d7e-9a0c-0f1e2d3c4b5a"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        f"UUID={BOOT_UUID}",
+        "LABEL=kernels",
+        "PARTLABEL=bootpart",
+        f"/dev/disk/by-uuid/{BOOT_UUID}",
+        "/dev/sda2",
+    ],
+)
+def test_boot_partition_from_fstab(tmp_path: Path, spec: str) -> None:
+    raw = make_disk(
+        tmp_path / "d.raw",
+        [Part(None, 24), Part(None, 16, name="bootpart", label="kernels", uuid=BOOT_UUID)],
+        fmt="raw",
+    )
+    layout = parttable.read_layout(*file_reader(raw))
+    assert layout.partitions[1].uuid == BOOT_UUID
+    fstab = (
+        f"# comment\nLABEL=cloudimg-rootfs / ext4 defaults 0 1\n{spec} /boot ext4 defaults 0 2\n"
+    )
+    boot = parttable.pick_boot(layout, fstab)
+    if spec.startswith("/dev/sda"):
+        assert boot is None  # device names mean nothing inside an image
+    else:
+        assert boot is not None and boot.number == 2
+    partuuid = layout.partitions[1].partuuid
+    by_partuuid = parttable.pick_boot(layout, f"PARTUUID={partuuid.upper()} /boot ext4 0 0\n")
+    assert by_partuuid is not None and by_partuuid.number == 2
+
+
+@pytest.mark.root
+def test_separate_boot_from_fstab_is_mounted_beside_root(tmp_path: Path) -> None:
+    src, bsrc = tmp_path / "src", tmp_path / "bsrc"
+    minimal_root(src)
+    (src / "etc/fstab").write_text(f"UUID={BOOT_UUID} /boot ext4 defaults 0 2\n")
+    bsrc.mkdir()
+    (bsrc / "vmlinuz-9").write_text("k")
+    path = make_disk(
+        tmp_path / "d.qcow2", [Part(src, 24), Part(bsrc, 16, name="b", uuid=BOOT_UUID)]
+    )
+    work = tmp_path / "w"
+    work.mkdir()
+    with disk.serve(disk.probe(path), work, fuse=True) as server:
+        layout = server.layout()
+        with disk.mount_root(server, layout, DiskBackend.LOOP, work) as view:
+            assert view.boot is not None and (view.boot / "vmlinuz-9").read_text() == "k"
+
+
+def test_reads_inside_a_mounted_root_never_follow_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/fstab").symlink_to("/etc/hostname")
+    (root / "var").symlink_to("/var")
+    (root / "etc/real").write_text("x")
+    assert disk.read_in_root(root, "etc/real") == b"x"
+    assert disk.read_in_root(root, "etc/fstab") is None
+    assert disk.read_in_root(root, "var/lib/dpkg/status") is None
+    assert disk.listdir_in_root(root, "var") is None
+    assert disk.listdir_in_root(root, "etc") == ["fstab", "real"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import json
 import os
 import random
 import stat
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder import compress, manifest
+from imagebuilder.basedisk import BaseDisk
 from imagebuilder.config import (
     Compression,
     Config,
@@ -32,7 +34,7 @@ from imagebuilder.config import (
 from imagebuilder.curtin import BUILTIN_DIR
 from imagebuilder.errors import DiskError, ExportError
 from imagebuilder.export import AtomicOutput, default_output, export_disk
-from imagebuilder.progress import Progress
+from imagebuilder.progress import Event, Progress
 from tests.diskfactory import (
     EPOCH,
     NEW,
@@ -195,7 +197,7 @@ def test_tar_export_reproduces_the_filesystem(rich_disk: Path, tmp_path: Path) -
     for rel, w in want.items():
         g = got[rel]
         assert g[:7] == w[:7], rel  # mode, owners, rdev, content, xattrs (ACLs, caps), links
-        assert g[7] == min(w[7], EPOCH), rel  # mtimes clamped to SOURCE_DATE_EPOCH
+        assert g.mtime == min(w.mtime, EPOCH), rel  # mtimes clamped to SOURCE_DATE_EPOCH
     assert got["a.txt"][7] == OLD and got["new"][7] == EPOCH and NEW > EPOCH
     sparse = target / "sparse"
     assert sparse.stat().st_blocks * 512 < sparse.stat().st_size  # holes survived
@@ -332,3 +334,138 @@ def test_xfs_root_exports_through_libguestfs(xfs_disk: Path, tmp_path: Path) -> 
     assert "guestfs" in res.manifest_path.read_text()
     curtin_extract(out, tmp_path / "t")
     assert os.access(tmp_path / "t/curtin/curtin-hooks", os.X_OK)
+
+
+@pytest.mark.parametrize(
+    ("codec", "mime"),
+    [
+        (compress.gzip_codec("default"), "application/gzip"),
+        (compress.xz_codec("fast"), "application/x-xz"),
+        (compress.bzip2_codec("fast"), "application/x-bzip2"),
+    ],
+)
+def test_smtar_sniffs_the_compression(tmp_path: Path, codec: compress.Codec, mime: str) -> None:
+    out = tmp_path / "x"
+    out.write_bytes(squeeze(codec, [sample(100_000)]))
+    # curtin's smtar runs `file --mime-type` on the first 1024 bytes to pick tar's flag.
+    head = tmp_path / "head"
+    head.write_bytes(out.read_bytes()[:1024])
+    got = subprocess.run(["file", "--mime-type", "-b", head], capture_output=True, text=True)
+    assert got.stdout.strip() == mime
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("ft", [FileType.TGZ, FileType.DDGZ])
+def test_without_any_epoch_exports_still_match(
+    plain_disk: Path, tmp_path: Path, ft: FileType
+) -> None:
+    cfg = Config(series="jammy", output=OutputConfig(filetype=ft))
+    a = export_disk(plain_disk, cfg, base=None, progress=Progress(), output=tmp_path / "a")
+    b = export_disk(plain_disk, cfg, base=None, progress=Progress(), output=tmp_path / "b")
+    assert a.sha256 == b.sha256
+    epoch = json.loads(a.manifest_path.read_text())["output"]["source_date_epoch"]
+    # A tar keeps mtimes as they are; a dd image's added files take the root's mtime.
+    assert epoch is None if ft is FileType.TGZ else isinstance(epoch, int)
+
+
+@pytest.mark.root
+def test_manifest_records_base_config_packages_and_maas_command(
+    plain_disk: Path, tmp_path: Path
+) -> None:
+    base = BaseDisk(
+        plain_disk,
+        "qcow2",
+        "f" * 64,
+        "https://example/jammy.img",
+        1_650_000_000,
+        "cloud",
+        kernel="linux-image-virtual",
+    )
+    cfg = Config(series="jammy", output=OutputConfig())
+    res = export_disk(plain_disk, cfg, base=base, progress=Progress(), output=tmp_path / "m.tar.gz")
+    man = json.loads(res.manifest_path.read_text())
+    assert man["output"]["sha256"] == res.sha256 and man["output"]["size"] == res.size
+    assert man["output"]["source_date_epoch"] == 1_650_000_000  # the base image's date
+    assert man["output"]["curtin"] == ["curtin-hooks", "CUSTOM_KERNEL"]
+    assert (
+        man["base"]["origin"] == "https://example/jammy.img" and man["base"]["sha256"] == "f" * 64
+    )
+    assert man["config"]["series"] == "jammy"
+    assert [p["name"] for p in man["packages"]] == ["base-files"]
+    assert man["maas"]["command"] == (
+        "maas $PROFILE boot-resources create name=custom/ubuntu-jammy "
+        "title='Ubuntu 22.04 jammy (imagebuilder)' architecture=amd64/generic filetype=tgz "
+        "base_image=ubuntu/jammy content@=m.tar.gz"
+    )
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("ft", [FileType.TGZ, FileType.DDGZ])
+def test_ctrl_c_leaves_no_partial_output_mount_or_process(
+    rich_disk: Path, tmp_path: Path, ft: FileType
+) -> None:
+    def render(ev: Event) -> None:
+        if ev.kind == "counter":
+            raise KeyboardInterrupt
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = cfg_for(ft, work_dir=work)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export_disk(rich_disk, cfg, base=None, progress=Progress(render), output=out / "x")
+    assert list(out.iterdir()) == [] and list(work.iterdir()) == []
+    assert os.fspath(work) not in Path("/proc/mounts").read_text()
+    losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert os.fspath(work) not in losetup
+    children = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True)
+    assert children.stdout.strip() == ""
+
+
+def make_lvm_disk(path: Path) -> Path:
+    """A GPT disk whose root is an ext4 logical volume (as Ubuntu's LVM layout), via libguestfs."""
+    import guestfs
+
+    sh_path = os.fspath(path)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", sh_path, "256M"], check=True)
+    g = guestfs.GuestFS(python_return_dict=True)
+    g.set_backend(os.environ.get("LIBGUESTFS_BACKEND", "direct"))
+    g.set_backend_settings(["force_tcg"])
+    g.add_drive_opts(sh_path, format="qcow2", readonly=False)
+    g.launch()
+    g.part_disk("/dev/sda", "gpt")
+    g.pvcreate("/dev/sda1")
+    g.vgcreate("ubuntu-vg", ["/dev/sda1"])
+    g.lvcreate("ubuntu-lv", "ubuntu-vg", 200)
+    g.mkfs("ext4", "/dev/ubuntu-vg/ubuntu-lv")
+    g.mount("/dev/ubuntu-vg/ubuntu-lv", "/")
+    for d in ("etc", "boot", "usr/bin", "usr/sbin"):
+        g.mkdir_p("/" + d)
+    g.write("/etc/os-release", b"ID=ubuntu\n")
+    g.write("/etc/fstab", b"/dev/mapper/ubuntu--vg-ubuntu--lv / ext4 defaults 0 1\n")
+    g.write("/etc/machine-id", b"")
+    g.write("/boot/vmlinuz-6.8.0-1-generic", b"kernel")
+    for exe in ("/usr/bin/cloud-init", "/usr/sbin/netplan"):
+        g.write(exe, b"#!/bin/sh\n")
+        g.chmod(0o755, exe)
+    g.umount_all()
+    g.shutdown()
+    g.close()
+    return path
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_lvm_dd_export_puts_curtin_on_the_root_lv(tmp_path: Path) -> None:
+    from imagebuilder.inspect import inspect_image
+
+    disk = make_lvm_disk(tmp_path / "lvm.qcow2")
+    before = hashlib.sha256(disk.read_bytes()).hexdigest()
+    res = export_disk(
+        disk, cfg_for(FileType.DDGZ), base=None, progress=Progress(), output=tmp_path / "lvm.dd.gz"
+    )
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
+    report = inspect_image(res.path)
+    assert report.facts["curtin_hooks"] == "mode 0750 uid 0"
+    assert report.problems == []
