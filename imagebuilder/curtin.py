@@ -27,10 +27,11 @@ from pathlib import Path
 from .basedisk import BaseDisk
 from .config import Config
 from .errors import ExportError
+from .resources import data_dir
 
 HOOK = "curtin-hooks"
 PIN = "CUSTOM_KERNEL"
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "curtin_hooks"
+BUILTIN_DIR = data_dir("curtin_hooks")
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,10 @@ from .lockfile import (
     write_lock,
 )
 from .progress import Progress
+from .resources import data_dir
 
 #: The curtin hooks shipped with imagebuilder (top-level ``curtin_hooks/``).
-BUILTIN_HOOKS = Path(__file__).resolve().parent.parent / "curtin_hooks"
+BUILTIN_HOOKS = data_dir("curtin_hooks")
 #: Source options that decide which base a config resolves to (kept to rebuild a config).
 OPTION_KEYS = ("mirror", "serial", "released", "base_image", "base_sha256", "packages")
 _SHOWN = 6

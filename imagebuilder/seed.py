@@ -20,9 +20,10 @@ from pathlib import Path
 import pycdlib
 
 from .keys import BuildKeys
+from .resources import data_dir
 
 #: The top-level seeds/ directory holding the templates.
-SEEDS_DIR = Path(__file__).resolve().parent.parent / "seeds"
+SEEDS_DIR = data_dir("seeds")
 VOLUME_LABEL = "cidata"
 #: Name on the ISO (ISO 9660 level 1 needs 8.3 upper case) -> Rock Ridge/Joliet name.
 ISO_NAMES = {
