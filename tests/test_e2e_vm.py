@@ -23,6 +23,7 @@ def test_make_image_equivalent(tmp_path: Path) -> None:
     argv = [
         sys.executable, "-m", "imagebuilder", "bookworm", "--base", "bootstrap",
         "--cache-dir", cache, "--customize", str(script), "-o", str(out),
+        "--work-dir", str(tmp_path / "work"),
     ]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -50,6 +51,7 @@ def test_make_image_equivalent(tmp_path: Path) -> None:
     assert not any(n.startswith("./etc/ssh/ssh_host_") for n in names)
     assert "./etc/fstab" not in names
     assert not any("imagebuilder-build" in n for n in names)
-    # No process of the build is left.
-    ps = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    # Nothing of the build is left: no build directory, no process using it.
+    assert list((tmp_path / "work").iterdir()) == []
+    ps = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True, text=True)
     assert ps.stdout.strip() == ""
