@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from imagebuilder.progress import Event, Progress
+from tests.fakes.cloudimages import CloudImages, GpgKeys
 
 
 def _vm_missing() -> str | None:
@@ -44,3 +48,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, reason in reasons.items():
             if reason and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=f"{marker} test: {reason}"))
+
+
+# ---- fixtures shared by the download, lock and bundle tests ---------------------
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgKeys]:
+    """A throwaway GPG key that signs the fake cloud-images server's SHA256SUMS."""
+    k = GpgKeys(tmp_path_factory.mktemp("gnupg"))
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def server(keys: GpgKeys, monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudImages]:
+    """A local server laid out like cloud-images.ubuntu.com."""
+    for var in ("no_proxy", "NO_PROXY"):  # never send 127.0.0.1 to a host proxy
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    with CloudImages(keys) as srv:
+        yield srv
+
+
+@pytest.fixture
+def events() -> list[Event]:
+    return []
+
+
+@pytest.fixture
+def progress(events: list[Event]) -> Progress:
+    """A Progress that records every event into ``events``."""
+    return Progress(events.append)

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -31,31 +30,6 @@ from imagebuilder.run import run
 from tests.fakes.cloudimages import CloudImages, FakeImage, GpgKeys
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgKeys]:
-    k = GpgKeys(tmp_path_factory.mktemp("gnupg"))
-    yield k
-    k.close()
-
-
-@pytest.fixture
-def server(keys: GpgKeys, monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudImages]:
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    with CloudImages(keys) as srv:
-        yield srv
-
-
-@pytest.fixture
-def events() -> list[Event]:
-    return []
-
-
-@pytest.fixture
-def progress(events: list[Event]) -> Progress:
-    return Progress(events.append)
 
 
 @dataclasses.dataclass

@@ -13,7 +13,6 @@ import hashlib
 import json
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +30,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgKeys]:
-    k = GpgKeys(tmp_path_factory.mktemp("gnupg"))
-    yield k
-    k.close()
-
-
-@pytest.fixture
-def server(keys: GpgKeys, monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudImages]:
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    with CloudImages(keys) as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import socket
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +28,6 @@ from imagebuilder.errors import (
 from imagebuilder.progress import Event, Progress
 from imagebuilder.sources import fetch_base_image, list_cache, prune_cache
 from tests.fakes.cloudimages import MTIME, CloudImages, GpgKeys, image_bytes
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgKeys]:
-    k = GpgKeys(tmp_path_factory.mktemp("gnupg"))
-    yield k
-    k.close()
-
-
-@pytest.fixture
-def server(keys: GpgKeys, monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudImages]:
-    for var in ("no_proxy", "NO_PROXY"):  # never send 127.0.0.1 to a host proxy
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    with CloudImages(keys) as srv:
-        yield srv
-
-
-@pytest.fixture
-def events() -> list[Event]:
-    return []
-
-
-@pytest.fixture
-def progress(events: list[Event]) -> Progress:
-    return Progress(events.append)
 
 
 def warnings(events: list[Event]) -> list[str]:
