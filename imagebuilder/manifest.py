@@ -150,3 +150,10 @@ def write(output: Path, **kwargs: Any) -> tuple[Path, Path]:
     sums = output.with_name(SUMS)
     update_sums(sums, output.name, data["output"]["sha256"])
     return mpath, sums
+
+
+def amend(manifest: Path, key: str, value: Any) -> None:
+    """Add one top-level entry (e.g. the lock a build was held to) to a written manifest."""
+    data = json.loads(manifest.read_text())
+    data[key] = value
+    _atomic_write(manifest, json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -131,6 +131,10 @@ def build(
             disk = provision(base, cfg, build_dir, progress, debug_shell=debug_shell)
         with progress.stage("export", cfg.output.filetype.value):
             result = export_disk(disk, cfg, base=base, progress=progress)
+        if lock is not None:
+            from .manifest import amend
+
+            amend(result.manifest_path, "lock", {"digest": lock.digest, "tool": lock.tool_version})
         kept = build_dir if cfg.output.keep_disk else None
     progress.info(f"built {result.path} ({result.size} bytes) in {time.monotonic() - start:.0f} s")
     return BuildResult(

@@ -469,3 +469,14 @@ def test_lvm_dd_export_puts_curtin_on_the_root_lv(tmp_path: Path) -> None:
     report = inspect_image(res.path)
     assert report.facts["curtin_hooks"] == "mode 0750 uid 0"
     assert report.problems == []
+
+
+def test_manifest_amend_keeps_the_rest(tmp_path: Path) -> None:
+    from imagebuilder.manifest import amend
+
+    m = tmp_path / "x.tar.gz.manifest.json"
+    m.write_text('{"output": {"sha256": "ab"}}\n')
+    amend(m, "lock", {"digest": "cd"})
+    import json
+
+    assert json.loads(m.read_text()) == {"output": {"sha256": "ab"}, "lock": {"digest": "cd"}}
