@@ -79,7 +79,7 @@ class FakeSSHD:
                 self.transports.append(t)
                 try:
                     t.start_server(server=_Server(self))
-                except (paramiko.SSHException, EOFError):
+                except (paramiko.SSHException, EOFError, OSError):  # client gave up
                     continue
 
         threading.Thread(target=serve, daemon=True).start()
