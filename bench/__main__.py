@@ -61,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--disk", type=Path, help="export this disk instead of the bootstrap base")
     p.add_argument("--levels", default="fast,default,best",
                    help="imagebuilder's export compression levels (fast,default,best)")  # fmt: skip
+    p.add_argument("--fuse-row", action="store_true",
+                   help="export: also time imagebuilder with --disk-backend fuse")  # fmt: skip
     p.add_argument("--scratch", type=Path, help="parent of the scratch directory ($TMPDIR)")
     p.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
     p.add_argument("--markdown", type=Path, help="also write the tables as Markdown to this file")
@@ -95,6 +97,7 @@ def main(argv: list[str]) -> int:
         log=log,
         disk=args.disk,
         levels=tuple(x for x in args.levels.split(",") if x),
+        fuse_row=args.fuse_row,
     )
     rows: list[Row] = []
     ratios: list[Ratio] = []

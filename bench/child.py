@@ -42,7 +42,12 @@ def do_export(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     base = base_from_json(args.base) if args.base else None
     start = time.monotonic()
     result = export_disk(Path(args.disk), cfg, base=base, progress=progress, output=args.output)
+    try:
+        backend = json.loads(result.manifest_path.read_text())["output"]["backend"]
+    except (OSError, ValueError, KeyError, TypeError):
+        backend = ""
     return {
+        "backend": str(backend),
         "output": str(result.path),
         "size": result.size,
         "sha256": result.sha256,

@@ -56,6 +56,7 @@ def ours(
         return row
     base_json = disks.base_to_json(base) if base else ""
     shas: list[str] = []
+    backends: set[str] = set()
 
     def once(i: int) -> Sample:
         work = ctx.dir("runs", f"ours-{level}{backend}")
@@ -71,11 +72,14 @@ def ours(
             ctx.scratch / "child-result.json", "export", args, scratch=work, tmp=work / "tmp"
         )
         shas.append(str(result.get("sha256")))
+        backends.add(str(result.get("backend") or "?"))
         return sample
 
     run_row(row, once, ctx)
+    notes = [f"{'/'.join(sorted(backends))} backend"] if backends else []
     if len(shas) > 1:
-        row.note = "outputs identical" if len(set(shas)) == 1 else "outputs DIFFER between runs"
+        notes.append("outputs identical" if len(set(shas)) == 1 else "outputs DIFFER between runs")
+    row.note = ", ".join(notes)
     return row
 
 
@@ -159,7 +163,7 @@ def bench_export(ctx: Context) -> tuple[list[Row], list[Ratio]]:
     rows: dict[str, Row] = {}
     for level in ctx.levels:
         rows[level] = ours(ctx, level, disk, fmt, base, cache_dir)
-    if "default" in ctx.levels:  # packer-maas reads through FUSE: the same way, for reference
+    if ctx.fuse_row and "default" in ctx.levels:  # packer-maas reads through FUSE too
         rows["default-fuse"] = ours(ctx, "default", disk, fmt, base, cache_dir, "fuse")
     rows["packer-maas"] = packer_maas(ctx, disk, fmt)
     rows["virt-tar-out"] = virt_tar_out(ctx, disk, fmt)

@@ -265,6 +265,7 @@ class Context:
     log: Callable[[str], None] = lambda _line: None
     disk: Path | None = None  # --disk: export this instead of the bootstrap base
     levels: tuple[str, ...] = ("fast", "default", "best")
+    fuse_row: bool = False  # also export with --disk-backend fuse (packer-maas's way in)
 
     def dir(self, *parts: str) -> Path:
         """A fresh, empty directory under the scratch root."""

@@ -59,6 +59,11 @@ def _num(value: float, digits: int = 1) -> str:
     return "-" if value != value else f"{value:.{digits}f}"
 
 
+def _mb(value: float) -> str:
+    """Bytes as MB; "-" for 0 (not measured for this contender)."""
+    return _num(value / MB) if value else "-"
+
+
 HEADER = ("benchmark", "contender", "runs", "wall s", "output MB", "peak disk MB",
           "scratch MB", "peak RSS MB", "status / note")  # fmt: skip
 
@@ -67,15 +72,16 @@ def row_cells(row: Row) -> tuple[str, ...]:
     status = row.note if row.ok else row.status
     if not row.ok:
         return (row.bench, row.name, "0", "-", "-", "-", "-", "-", status)
+    disk = row.median("peak_disk")
     return (
         row.bench,
         row.name,
         str(len(row.samples)),
         _num(row.median("wall"), 2),
-        _num(row.median("output_size") / MB),
-        _num(row.median("peak_disk") / MB),
-        _num(row.median("scratch") / MB),
-        _num(row.median("peak_rss") / MB),
+        _mb(row.median("output_size")),
+        _mb(disk),
+        _mb(row.median("scratch")) if disk else "-",
+        _mb(row.median("peak_rss")),
         status,
     )
 

@@ -289,3 +289,29 @@ def test_build_stages_group_the_vm_steps() -> None:
     assert list(st) == ["base", "boot", "provision", "poweroff", "vm other", "export"]
     assert st["provision"] == 35.0 and st["vm other"] == 2.0
     assert stage_note(Sample(200.0, extra=extra)).startswith("base 90.0 s, boot 60.0 s, prov")
+
+
+def test_warm_cache_reads_data_and_skips_holes(tmp_path: Path) -> None:
+    f = tmp_path / "sparse"
+    with f.open("wb") as fh:
+        fh.truncate(64 * disks.GIB)  # reading this through would take minutes
+        fh.seek(32 * disks.GIB)
+        fh.write(b"data" * 1024)
+    start = time.monotonic()
+    disks.warm_cache(f)
+    assert time.monotonic() - start < 5
+
+
+def test_observer_sees_keys_and_port_and_restores() -> None:
+    from bench.boot import Observer
+    from imagebuilder import provision, qemu
+
+    real_keys, real_port = vars(provision)["BuildKeys"], qemu.free_port
+    started: list[float] = []
+    with Observer(started.append) as obs:
+        keys = vars(provision)["BuildKeys"].generate("bench")
+        port = qemu.free_port()
+        qemu.free_port()  # a retry: pollers are started once
+    assert obs.keys is keys and obs.port != 0 and port > 0
+    assert len(started) == 1 and started[0] == obs.t0
+    assert vars(provision)["BuildKeys"] is real_keys and qemu.free_port is real_port
