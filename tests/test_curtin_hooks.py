@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from imagebuilder.curtin import BUILTIN_DIR, HOOK
+from tests.fakes.tree import write_tree
 
 FAKE_CURTIN = {
     "curtin/__init__.py": "",
@@ -78,11 +79,7 @@ DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 @pytest.fixture
 def fake_curtin(tmp_path: Path) -> Path:
-    lib = tmp_path / "lib"
-    for rel, text in FAKE_CURTIN.items():
-        (lib / rel).parent.mkdir(parents=True, exist_ok=True)
-        (lib / rel).write_text(text)
-    return lib
+    return write_tree(tmp_path / "lib", FAKE_CURTIN)
 
 
 def run_hook(

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from imagebuilder.curtin import BUILTIN_DIR
+from tests.fakes.tree import write_tree
 
 HOOKS = BUILTIN_DIR / "installer"
 BUILTINS = [
@@ -88,11 +89,7 @@ def load_command_config(args, state):
 
 @pytest.fixture
 def fake_curtin(tmp_path: Path) -> Path:
-    lib = tmp_path / "lib"
-    for rel, text in FAKE_CURTIN.items():
-        (lib / rel).parent.mkdir(parents=True, exist_ok=True)
-        (lib / rel).write_text(text)
-    return lib
+    return write_tree(tmp_path / "lib", FAKE_CURTIN)
 
 
 def run_hook(
