@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from imagebuilder.curtin import BUILTIN_DIR, HOOK
-from tests.fakes.tree import write_tree
+from tests.fakes.tree import CURTIN_UTIL_COMMON, write_tree
 
 FAKE_CURTIN = {
     "curtin/__init__.py": "",
@@ -28,18 +28,9 @@ FAKE_CURTIN = {
     "curtin/util.py": """
 import os
 
-def load_command_environment(env=os.environ, strict=False):
-    mapping = {"scratch": "WORKING_DIR", "fstab": "OUTPUT_FSTAB", "config": "CONFIG",
-               "target": "TARGET_MOUNT_POINT", "network_state": "OUTPUT_NETWORK_STATE",
-               "network_config": "OUTPUT_NETWORK_CONFIG",
-               "report_stack_prefix": "CURTIN_REPORTSTACK"}
-    return {k: env.get(v) for k, v in mapping.items()}
-
-def get_dd_images(sources):
-    if not isinstance(sources, dict):
-        return []
-    return [s for s in sources.values() if isinstance(s, dict) and s["type"].startswith("dd-")]
-""",
+"""
+    + CURTIN_UTIL_COMMON
+    + """""",
     "curtin/config.py": """
 import json
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from imagebuilder.curtin import BUILTIN_DIR
-from tests.fakes.tree import write_tree
+from tests.fakes.tree import CURTIN_UTIL_COMMON, write_tree
 
 HOOKS = BUILTIN_DIR / "installer"
 BUILTINS = [
@@ -48,18 +48,9 @@ def _record(step, **data):
     with open(os.environ["RECORD"], "a") as f:
         f.write(json.dumps({"step": step, **data}) + "\\n")
 
-def load_command_environment(env=os.environ, strict=False):
-    mapping = {"scratch": "WORKING_DIR", "fstab": "OUTPUT_FSTAB", "config": "CONFIG",
-               "target": "TARGET_MOUNT_POINT", "network_state": "OUTPUT_NETWORK_STATE",
-               "network_config": "OUTPUT_NETWORK_CONFIG",
-               "report_stack_prefix": "CURTIN_REPORTSTACK"}
-    return {k: env.get(v) for k, v in mapping.items()}
-
-def get_dd_images(sources):
-    if not isinstance(sources, dict):
-        return []
-    return [s for s in sources.values() if isinstance(s, dict) and s["type"].startswith("dd-")]
-
+"""
+    + CURTIN_UTIL_COMMON
+    + """
 class ChrootableTarget:
     def __init__(self, target, **kw):
         self.target = target
