@@ -29,8 +29,7 @@ FAKE_CURTIN = {
 import os
 
 """
-    + CURTIN_UTIL_COMMON
-    + """""",
+    + CURTIN_UTIL_COMMON,
     "curtin/config.py": """
 import json
 
