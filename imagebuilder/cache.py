@@ -7,10 +7,13 @@ Layout under the cache root (``--cache-dir``)::
     partial/<key>-<name>.partial   downloads in progress (+ .json validators, .lock)
     digests/<key>.json             (path, size, mtime_ns, inode) -> sha256 memo for any file
     bootstrap/<key>/               base disks made by ``bootstrap`` (disk.qcow2 + meta.json)
+    bundles/<lock digest>/         what ``bundle import`` keeps: the lock, keyrings, inputs
+    .import-*/                     a ``bundle import`` in progress (or killed)
 
 This module owns the layout and nothing else: it does no network I/O, knows no
-release, never prints. ``sources`` downloads into it; ``bootstrap`` owns its subtree
-(listed here, deleted only by a full prune).
+release, never prints. ``sources`` downloads into it; ``bootstrap`` and ``unbundle``
+own their subtrees (listed here, deleted only by a full prune; a prune keeps the
+downloads an imported bundle's lock pins).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -28,8 +32,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 CHUNK = 1 << 20
 QCOW2_MAGIC = b"QFI\xfb"
+BUNDLE_LOCK = "imagebuilder.lock"  # bundle.LOCK_NAME (bundle imports this module)
+#: A ``.import-*`` staging directory untouched this long belongs to a killed import.
+STALE_IMPORT = 6 * 3600
 
 
 def key_of(text: str) -> str:
@@ -217,7 +229,7 @@ def locked(path: Path, *, wait: bool = True) -> Iterator[bool]:
 @dataclass(frozen=True)
 class CacheEntry:
     name: str
-    kind: str  # "cloud" | "bootstrap" | "partial"
+    kind: str  # "cloud" | "bootstrap" | "bundle" | "partial"
     size: int
     date: int | None
     digest: str | None
@@ -259,8 +271,62 @@ def _bootstrap_entry(d: Path) -> CacheEntry:
     )
 
 
+def _bundle_dirs(root: Path) -> list[Path]:
+    """Imported bundles (the ``.tmp-*`` of an import being installed are not)."""
+    base = root / "bundles"
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _bundle_lock(d: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = tomllib.loads((d / BUNDLE_LOCK).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+    return data
+
+
+def _bundle_entry(d: Path) -> CacheEntry:
+    lock = _bundle_lock(d)
+    label = " ".join(str(lock[k]) for k in ("series", "arch", "base") if lock.get(k))
+    try:
+        date: int | None = int((d / BUNDLE_LOCK).stat().st_mtime)
+    except OSError:
+        date = None
+    return CacheEntry(
+        name=f"{label} bundle" if label else d.name,
+        kind="bundle",
+        size=_tree_size(d),
+        date=date,
+        digest=d.name,
+        url=None,
+        path=d,
+    )
+
+
+def _bundle_pins(root: Path) -> set[str]:
+    """sha256 of every download an imported bundle's lock pins (a prune keeps them)."""
+    pins = set()
+    for d in _bundle_dirs(root):
+        cloud = _bundle_lock(d).get("cloud")
+        if isinstance(cloud, dict) and isinstance(cloud.get("sha256"), str):
+            pins.add(cloud["sha256"])
+    return pins
+
+
+def _stale_imports(root: Path, now: float) -> list[Path]:
+    """Staging directories of ``bundle import`` runs that were killed."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.glob(".import-*") if p.is_dir() and now - p.stat().st_mtime > STALE_IMPORT
+    )
+
+
 def list_cache(root: Path) -> list[CacheEntry]:
-    """Everything in the cache: downloads, bootstrap base disks, partial downloads."""
+    """Everything in the cache: downloads, bootstrap base disks, imported bundles, partial
+    downloads and killed imports."""
     entries: list[CacheEntry] = []
     for _, rec in _all_records(root):
         blob = blob_path(root, rec.sha256)
@@ -271,6 +337,7 @@ def list_cache(root: Path) -> list[CacheEntry]:
                 )
             )
     entries.extend(_bootstrap_entry(d) for d in _bootstrap_dirs(root))
+    entries.extend(_bundle_entry(d) for d in _bundle_dirs(root))
     for p in sorted((root / "partial").glob("*.partial")):
         meta = read_json(p.with_name(p.name + ".json")) or {}
         name = p.name.removesuffix(".partial").split("-", 1)[-1]
@@ -278,7 +345,11 @@ def list_cache(root: Path) -> list[CacheEntry]:
         entries.append(
             CacheEntry(name, "partial", p.stat().st_size, None, None, str(url) if url else None, p)
         )
-    order = {"cloud": 0, "bootstrap": 1, "partial": 2}
+    for d in _stale_imports(root, time.time()):
+        entries.append(
+            CacheEntry("interrupted bundle import", "partial", _tree_size(d), None, None, None, d)
+        )
+    order = {"cloud": 0, "bootstrap": 1, "bundle": 2, "partial": 3}
     entries.sort(key=lambda e: (order.get(e.kind, 9), e.name, e.date or 0))
     return entries
 
@@ -299,14 +370,17 @@ def _remove(path: Path) -> int:
 def prune_cache(root: Path, *, keep_latest: bool = True) -> int:
     """Free space; return the bytes freed.
 
-    Always: partial downloads nobody is writing, records whose blob is gone, blobs no
-    record names, digest memos of vanished files. With ``keep_latest`` (the default)
-    only the newest download of each file name is kept and bootstrap base disks stay;
-    without it, everything cached goes (downloads and bootstrap base disks).
+    Always: partial downloads nobody is writing, killed bundle imports, records whose
+    blob is gone, blobs no record names, digest memos of vanished files. With
+    ``keep_latest`` (the default) only the newest download of each file name is kept,
+    plus any an imported bundle pins, and bootstrap base disks and bundles stay;
+    without it, everything cached goes (downloads, bootstrap base disks, bundles).
     """
     if not root.is_dir():
         return 0
     freed = 0
+    for d in _stale_imports(root, time.time()):
+        freed += _remove(d)
     for p in sorted((root / "partial").glob("*.partial")):
         with locked(p, wait=False) as mine:
             if mine:
@@ -321,15 +395,18 @@ def prune_cache(root: Path, *, keep_latest: bool = True) -> int:
             if best is None or (rec.date, rec.fetched) > (best.date, best.fetched):
                 newest[rec.name] = rec
     kept: set[str] = set()
+    pinned = _bundle_pins(root) if keep_latest else set()
     for path, rec in records:
         same = newest.get(rec.name)
-        # Keep every URL whose content is the newest of its name (current/ and its serial).
-        if keep_latest and same is not None and rec.sha256 == same.sha256:
+        # Keep every URL whose content is the newest of its name (current/ and its serial)
+        # or what a bundle's offline build needs.
+        newest_of_name = same is not None and rec.sha256 == same.sha256
+        if keep_latest and (newest_of_name or rec.sha256 in pinned):
             kept.add(rec.sha256)
         else:
             freed += _remove(path)
     for blob in sorted((root / "blobs" / "sha256").glob("*")):
-        if blob.name not in kept:
+        if blob.name not in kept and blob.name not in pinned:
             freed += _remove(blob)
     for memo in sorted((root / "digests").glob("*.json")):
         target = (read_json(memo) or {}).get("path")
@@ -340,4 +417,6 @@ def prune_cache(root: Path, *, keep_latest: bool = True) -> int:
             with locked(d, wait=False) as mine:  # skip one being (re)built right now
                 if mine:
                     freed += _remove(d)
+        for d in _bundle_dirs(root):
+            freed += _remove(d)
     return freed
