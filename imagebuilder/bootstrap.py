@@ -179,7 +179,7 @@ def recipe(cfg: Config) -> Recipe:
         keyring=rel.archive_keyring(),
         components=rel.bootstrap_components(),
         kernel=rel.kernel_package(cfg.arch),
-        packages=package_set(rel, cfg.arch, cfg.source.packages),
+        packages=package_set(rel, cfg.arch, cfg.source.extra_packages),
     )
 
 
@@ -410,7 +410,7 @@ def _mmdebstrap(
         raise BootstrapError(
             f"mmdebstrap {rec.suite} failed (exit {proc.returncode})",
             hint=f"check that {rec.mirror} serves {rec.suite} for {rec.arch} and has every "
-            "package in --packages; the log tail is below",
+            "package in --extra-packages; the log tail is below",
             details=tail,
         )
 

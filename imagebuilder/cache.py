@@ -186,6 +186,11 @@ def find_record(root: Path, *, sha256: str) -> UrlRecord | None:
     return None
 
 
+def all_records(root: Path) -> list[UrlRecord]:
+    """Every URL record in the cache (blob present or not)."""
+    return [rec for _, rec in _all_records(root)]
+
+
 def _all_records(root: Path) -> list[tuple[Path, UrlRecord]]:
     out = []
     for p in sorted((root / "urls").glob("*.json")):

@@ -48,7 +48,8 @@ class SourceConfig:
     offline: bool = False
     refresh: bool = False
     cache_dir: Path = field(default_factory=default_cache_dir)
-    packages: tuple[str, ...] = ()
+    extra_packages: tuple[str, ...] = ()
+    iso: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class OutputConfig:
     filetype: FileType = FileType.TGZ
     compression: Compression = Compression.DEFAULT
     curtin_hooks: Path | None = None
+    packages: Path | None = None
     disk_backend: DiskBackend = DiskBackend.AUTO
     source_date_epoch: int | None = None
     work_dir: Path | None = None
@@ -202,6 +204,7 @@ def resolve(
                 raise
             errors.append(exc.message)
     _check_paths(sections, errors)
+    _check_layout(sections, errors, explicit_filetype="filetype" in raw)
     if errors:
         raise ConfigError(
             "; ".join(errors)
@@ -234,6 +237,34 @@ def _check_paths(sections: dict[str, dict[str, Any]], errors: list[str]) -> None
     kr = sections["source"].get("keyring")
     if kr is not None and not kr.is_file():
         errors.append(f"--keyring: {kr} does not exist")
+    iso = sections["source"].get("iso")
+    if iso is not None and not iso.is_file():
+        errors.append(f"--iso: {iso} does not exist or is not a file")
+    pkgs = out.get("packages")
+    if pkgs is not None and not (pkgs.is_dir() and any(pkgs.glob("*.deb"))):
+        errors.append(f"--packages: {pkgs} is not a directory holding *.deb files")
+
+
+#: Whole-disk outputs: what an LVM layout must be exported as.
+DD_TYPES = (FileType.DDGZ, FileType.DDXZ, FileType.DDRAW)
+
+
+def _check_layout(
+    sections: dict[str, dict[str, Any]], errors: list[str], *, explicit_filetype: bool
+) -> None:
+    """Installer layouts: LVM is a whole-disk image (dd.gz unless told otherwise)."""
+    layout = sections[""].get("layout", Layout.CLOUDIMG)
+    out = sections["output"]
+    if layout is Layout.LVM:
+        if not explicit_filetype:
+            out["filetype"] = FileType.DDGZ
+        elif out.get("filetype") not in DD_TYPES:
+            errors.append("--layout lvm makes a whole-disk image: use --filetype ddgz, ddxz or dd")
+    if layout is Layout.CLOUDIMG:
+        if out.get("packages") is not None:
+            errors.append("--packages is for installer builds: add --layout flat or lvm")
+        if sections["source"].get("iso") is not None:
+            errors.append("--iso is for installer builds: add --layout flat or lvm")
 
 
 # ---- rendering ------------------------------------------------------------------

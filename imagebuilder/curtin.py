@@ -6,6 +6,9 @@ top-level ``curtin/`` as the root. This module decides the contents:
 
 - ``--curtin-hooks DIR``: every file of DIR (sub-directories included) replaces
   or adds to what the disk has;
+- installer builds (``--layout flat|lvm``): the installer hooks of
+  ``curtin_hooks/installer/`` and the ``--packages`` debs
+  (:func:`imagebuilder.installer.installer_hook_files`);
 - otherwise the built-in cloud-image hook (top-level ``curtin_hooks/curtin-hooks``)
   unless the disk already carries its own ``/curtin/curtin-hooks``;
 - ``CUSTOM_KERNEL`` naming the kernel package to keep (``--kernel`` or the base's
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .basedisk import BaseDisk
-from .config import Config
+from .config import Config, Layout
 from .errors import ExportError
 from .resources import data_dir
 
@@ -81,6 +84,10 @@ def hook_files(cfg: Config, base: BaseDisk | None, existing: Collection[str]) ->
                 hint="give the directory that holds curtin-hooks",
             )
         files = _read_dir(cfg.output.curtin_hooks)
+    elif cfg.layout is not Layout.CLOUDIMG:
+        from .installer import installer_hook_files  # installer imports this module
+
+        files = installer_hook_files(cfg.output.packages)
     elif HOOK not in existing:
         builtin = BUILTIN_DIR / HOOK
         if not builtin.is_file():

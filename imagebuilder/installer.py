@@ -33,7 +33,6 @@ from . import iso, qemu, seed
 from .choices import Layout
 from .curtin import BUILTIN_DIR, HookFile
 from .errors import ConfigError, SourceError
-from .keys import BuildKeys
 from .releases import Release
 
 __all__ = [
@@ -202,11 +201,14 @@ def installer_args(arch: str, boot: InstallerBoot) -> list[str]:
     return argv
 
 
-def installer_spec(spec: qemu.MachineSpec, boot: InstallerBoot) -> qemu.MachineSpec:
+def installer_spec(
+    spec: qemu.MachineSpec, boot: InstallerBoot, *, distro: str = "ubuntu"
+) -> qemu.MachineSpec:
     """``spec`` (the build VM: disk, seed, firmware, forwards) turned into the installer VM."""
+    memory = max(spec.memory, MIN_MEMORY) if distro == "ubuntu" else spec.memory
     return dataclasses.replace(
         spec,
-        memory=max(spec.memory, MIN_MEMORY),
+        memory=memory,
         extra=(*spec.extra, *installer_args(spec.arch, boot)),
         name=f"{spec.name}-installer",
     )
@@ -228,38 +230,28 @@ def _yaml(value: str | None) -> str:
 
 
 def render_autoinstall(
-    keys: BuildKeys,
     *,
-    user: str,
     layout: Layout,
     hostname: str = "imagebuilder",
     proxy: str | None = None,
 ) -> str:
-    """The autoinstall user-data: layout, ssh server, no swap, key-only build user."""
+    """The autoinstall user-data: layout, ssh server, no swap, no account to log in with."""
     template = string.Template((seed.SEEDS_DIR / AUTOINSTALL_TEMPLATE).read_text())
     return template.substitute(
-        layout=autoinstall_layout(layout),
-        user=user,
-        hostname=_yaml(hostname),
-        proxy=_yaml(proxy),
-        client_public_key=_yaml(keys.client.public_openssh),
-        host_private_key=_yaml(keys.host.private_openssh),
-        host_public_key=_yaml(keys.host.public_openssh),
+        layout=autoinstall_layout(layout), hostname=_yaml(hostname), proxy=_yaml(proxy)
     )
 
 
 def write_autoinstall_seed(
     path: Path,
-    keys: BuildKeys,
     *,
-    user: str,
     layout: Layout,
     instance_id: str,
     hostname: str = "imagebuilder",
     proxy: str | None = None,
 ) -> Path:
     """The cidata ISO subiquity reads its autoinstall answers from (atomic)."""
-    user_data = render_autoinstall(keys, user=user, layout=layout, hostname=hostname, proxy=proxy)
+    user_data = render_autoinstall(layout=layout, hostname=hostname, proxy=proxy)
     meta = seed.render_meta_data(instance_id=instance_id, hostname=hostname)
     return seed.write_iso(path, {"user-data": user_data.encode(), "meta-data": meta.encode()})
 

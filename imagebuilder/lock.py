@@ -46,7 +46,7 @@ from .resources import data_dir
 #: The curtin hooks shipped with imagebuilder (top-level ``curtin_hooks/``).
 BUILTIN_HOOKS = data_dir("curtin_hooks")
 #: Source options that decide which base a config resolves to (kept to rebuild a config).
-OPTION_KEYS = ("mirror", "serial", "released", "base_image", "base_sha256", "packages")
+OPTION_KEYS = ("mirror", "serial", "released", "base_image", "base_sha256", "extra_packages")
 _SHOWN = 6
 
 

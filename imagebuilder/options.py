@@ -201,11 +201,26 @@ OPTIONS: tuple[Option, ...] = (
         metavar="DIR",
     ),
     Option(
-        "packages",
+        "extra-packages",
         "source",
         _packages,
         "extra packages for --base bootstrap (comma separated)",
         metavar="PKG,...",
+    ),
+    Option(
+        "iso",
+        "source",
+        _opt_path,
+        "installer builds: use this local installer ISO (Ubuntu live-server or Debian netinst) "
+        "instead of downloading one",
+        metavar="PATH",
+    ),
+    Option(
+        "packages",
+        "output",
+        _opt_path,
+        "installer builds: ship these *.deb files in /curtin, installed when MAAS deploys",
+        metavar="DIR",
     ),
     Option(
         "firmware",

@@ -1,4 +1,4 @@
-"""The build, as a recipe: base disk -> build VM -> export -> (upload).
+"""The build, as a recipe: base disk (or installed disk) -> build VM -> export -> (upload).
 
 ``build(config, progress=...)`` is the library entry point behind
 ``python -m imagebuilder SERIES``. Every resource a build holds (the build
@@ -114,19 +114,25 @@ def build(
     an interactive shell on the build VM before it is torn down.
     """
     progress = progress or Progress()
-    if cfg.layout is not Layout.CLOUDIMG:
-        raise ConfigError(
-            f"--layout {cfg.layout.value} (installer builds) is not available yet",
-            hint="build from a cloud image or a bootstrap base with --layout cloudimg",
-        )
     from .export import export_disk
     from .provision import provision
 
     start = time.monotonic()
     with contextlib.ExitStack() as stack:
         build_dir = stack.enter_context(build_directory(cfg))
-        with progress.stage("base", f"{cfg.series} {cfg.arch} ({cfg.source.base.value})"):
-            base = get_base(cfg, progress, lock=lock)
+        if cfg.layout is Layout.CLOUDIMG:
+            with progress.stage("base", f"{cfg.series} {cfg.arch} ({cfg.source.base.value})"):
+                base = get_base(cfg, progress, lock=lock)
+        else:
+            if lock is not None:
+                raise ConfigError(
+                    "--locked does not cover installer builds yet",
+                    hint="lock a --layout cloudimg build, or drop --locked",
+                )
+            from .install import install_disk
+
+            with progress.stage("install", f"{cfg.series} {cfg.arch} ({cfg.layout.value})"):
+                base = install_disk(cfg, build_dir, progress)
         with progress.stage("vm", "boot, provision and power off the build VM"):
             disk = provision(base, cfg, build_dir, progress, debug_shell=debug_shell)
         with progress.stage("export", cfg.output.filetype.value):

@@ -163,7 +163,7 @@ def _apt_get(env: dict[str, str], *args: str) -> str:
         raise SourceError(
             "apt cannot resolve the bootstrap package set"
             + (f": no package {', '.join(unknown)}" if unknown else f": {exc.message}"),
-            hint="check --packages names against the mirror's suite and components",
+            hint="check --extra-packages names against the mirror's suite and components",
             details=exc.details,
         ) from exc
     return proc.stdout.decode("utf-8", "replace")

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from . import httpserve, qemu, run
 from .basedisk import BaseDisk
-from .config import Config
+from .config import Config, Layout
 from .errors import MachineError, ProvisionError, SSHError
 from .keys import BuildKeys
 from .progress import Progress
@@ -220,7 +220,8 @@ def step_hygiene(s: Session) -> None:
         "IB_USER": BUILD_USER,
         "IB_KEY": s.guest.keys.client.public_openssh.split()[1],
         "IB_PROXY_FILE": PROXY_FILE,
-        "IB_REMOVE_FSTAB": "1" if s.base.kind in ("cloud", "bootstrap") else "0",
+        # dd outputs of an installed disk (LVM) keep their fstab; curtin writes flat ones'.
+        "IB_REMOVE_FSTAB": "0" if s.cfg.layout is Layout.LVM else "1",
     }
     header = "".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items())
     script = header.encode() + (SEEDS_DIR / "hygiene.sh").read_bytes()

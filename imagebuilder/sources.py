@@ -37,8 +37,10 @@ from .run import run
 
 __all__ = [
     "CacheEntry",
+    "Target",
     "default_keyring",
     "fetch_base_image",
+    "fetch_target",
     "list_cache",
     "prune_cache",
     "verify_signature",
@@ -54,6 +56,13 @@ class _Target:
     algo: str  # hash algorithm of the checksum file
     pinned: str | None  # --base-sha256
     serial: str | None
+    #: Keyring for the signature when --keyring is not given; None: the release's default
+    #: cloud-image keyring, if ``release_keyring``.
+    keyring: Path | None = None
+    release_keyring: bool = True
+
+
+Target = _Target
 
 
 def _is_url(s: str) -> bool:
@@ -106,7 +115,12 @@ def fetch_base_image(cfg: Config, progress: Progress, *, refresh: bool = False) 
     src = cfg.source
     if src.base_image and not _is_url(src.base_image):
         return _local_image(cfg, Path(src.base_image).expanduser(), progress)
-    t = target(cfg)
+    return fetch_target(cfg, target(cfg), progress, refresh=refresh)
+
+
+def fetch_target(cfg: Config, t: Target, progress: Progress, *, refresh: bool = False) -> BaseDisk:
+    """The verified file ``t`` names, from the cache or downloaded (see fetch_base_image)."""
+    src = cfg.source
     root = src.cache_dir
     if not refresh and (disk := _cached(cfg, t, progress)) is not None:
         return disk
@@ -292,7 +306,9 @@ def _check_signature(
     src = cfg.source
     assert t.sums_url is not None
     sums_name = Path(urlsplit(t.sums_url).path).name
-    keyring = src.keyring or default_keyring(cfg.release)
+    keyring = src.keyring or t.keyring
+    if keyring is None and t.release_keyring:
+        keyring = default_keyring(cfg.release)
     if t.sig_url is None:
         problem = f"{cfg.release.distro} publishes no signature for {sums_name}"
     elif keyring is None:

@@ -72,7 +72,7 @@ def test_package_set_follows_release_and_arch() -> None:
 
 
 def test_extra_packages_are_added_sorted(tmp_path: Path) -> None:
-    rec = recipe(cfg_for(tmp=tmp_path, packages="vim,htop"))
+    rec = recipe(cfg_for(tmp=tmp_path, extra_packages="vim,htop"))
     assert "vim" in rec.packages and "htop" in rec.packages
     assert list(rec.packages) == sorted(rec.packages)
 
@@ -81,8 +81,8 @@ def test_extra_packages_are_added_sorted(tmp_path: Path) -> None:
 
 
 def test_cache_key_is_stable_and_ignores_package_order(tmp_path: Path) -> None:
-    a = recipe(cfg_for(tmp=tmp_path, packages="vim,htop"))
-    b = recipe(cfg_for(tmp=tmp_path, packages="htop,vim"))
+    a = recipe(cfg_for(tmp=tmp_path, extra_packages="vim,htop"))
+    b = recipe(cfg_for(tmp=tmp_path, extra_packages="htop,vim"))
     assert a.key == b.key and len(a.key) == 64
     assert a.name == f"bookworm-amd64-{a.key[:16]}"
     assert recipe(cfg_for(tmp=tmp_path / "other")).key == recipe(cfg_for(tmp=tmp_path)).key
@@ -91,7 +91,7 @@ def test_cache_key_is_stable_and_ignores_package_order(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        {"packages": "vim"},
+        {"extra_packages": "vim"},
         {"mirror": "http://mirror.example/debian"},
         {"arch": "arm64"},
         {"series": "trixie"},
@@ -141,7 +141,7 @@ def test_ubuntu_uses_its_archive_keyring_and_components(tmp_path: Path) -> None:
 
 
 def test_mmdebstrap_argv(tmp_path: Path) -> None:
-    rec = recipe(cfg_for(tmp=tmp_path, packages="vim"))
+    rec = recipe(cfg_for(tmp=tmp_path, extra_packages="vim"))
     argv = bootstrap.mmdebstrap_argv(rec, tmp_path / "root")
     assert argv[0] == "mmdebstrap"
     assert "--variant=minbase" in argv and "--mode=root" in argv and "--arch=amd64" in argv

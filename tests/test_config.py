@@ -70,7 +70,7 @@ def test_unknown_toml_key(tmp_path: Path) -> None:
 
 def test_toml_round_trip(tmp_path: Path) -> None:
     cfg = c.resolve(
-        {"series": "bookworm", "base": "bootstrap", "packages": "vim,curl", "memory": "4096"},
+        {"series": "bookworm", "base": "bootstrap", "extra_packages": "vim,curl", "memory": "4096"},
         environ={},
     )
     f = tmp_path / "out.toml"

@@ -229,12 +229,8 @@ def _keys_named(doc: Any) -> list[str]:
 
 
 @pytest.mark.parametrize(("layout", "name"), [(Layout.FLAT, "direct"), (Layout.LVM, "lvm")])
-def test_autoinstall_seed_on_a_cidata_iso(
-    tmp_path: Path, keys: BuildKeys, layout: Layout, name: str
-) -> None:
-    path = installer.write_autoinstall_seed(
-        tmp_path / "seed.iso", keys, user="imagebuilder-build", layout=layout, instance_id="i-1"
-    )
+def test_autoinstall_seed_on_a_cidata_iso(tmp_path: Path, layout: Layout, name: str) -> None:
+    path = installer.write_autoinstall_seed(tmp_path / "seed.iso", layout=layout, instance_id="i-1")
     with iso.open_iso(path) as opened:
         assert opened.pvd.volume_identifier.decode().strip() == "cidata"
     text = iso.extract(path, "user-data", tmp_path / "user-data").read_text()
@@ -249,28 +245,25 @@ def test_autoinstall_seed_on_a_cidata_iso(
     assert ai["shutdown"] == "poweroff"
     assert ai["interactive-sections"] == []
     assert ai["proxy"] is None
-    assert "identity" not in ai  # the user-data section creates the user, with no password
-    (user,) = ai["user-data"]["users"]
-    assert user["name"] == "imagebuilder-build"
-    assert user["lock_passwd"] is True
-    assert user["ssh_authorized_keys"] == [keys.client.public_openssh]
+    # No account to log in with: no identity, no users, no keys; root locked.
+    assert "identity" not in ai
+    assert "users" not in ai["user-data"] and "ssh_authorized_keys" not in text
+    assert ai["user-data"]["disable_root"] is True
     assert ai["user-data"]["ssh_pwauth"] is False
-    assert ai["user-data"]["ssh_keys"] == {
-        "ed25519_private": keys.host.private_openssh,
-        "ed25519_public": keys.host.public_openssh,
-    }
     names = _keys_named(ai)
-    assert not [k for k in names if "passw" in k and k not in ("lock_passwd", "ssh_pwauth")]
+    assert not [k for k in names if "passw" in k and k != "ssh_pwauth"]
     assert "$6$" not in text and "$y$" not in text  # no password hash either
+    # The installer's cloud-init config is removed, so first boot reads imagebuilder's seed.
+    late = " ".join(ai["late-commands"])
+    assert "/target/etc/cloud/cloud.cfg.d/99-installer.cfg" in late
+    assert "cloud-init clean" in late
 
 
-def test_proxy_goes_to_the_installer_and_cloudimg_is_refused(keys: BuildKeys) -> None:
-    text = installer.render_autoinstall(
-        keys, user="u", layout=Layout.LVM, proxy="http://10.0.2.2:3128"
-    )
+def test_proxy_goes_to_the_installer_and_cloudimg_is_refused() -> None:
+    text = installer.render_autoinstall(layout=Layout.LVM, proxy="http://10.0.2.2:3128")
     assert yaml.safe_load(text)["autoinstall"]["proxy"] == "http://10.0.2.2:3128"
     with pytest.raises(ConfigError, match="not an installer build"):
-        installer.render_autoinstall(keys, user="u", layout=Layout.CLOUDIMG)
+        installer.render_autoinstall(layout=Layout.CLOUDIMG)
 
 
 def test_installer_failure_lines_are_found_after_the_offset(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from imagebuilder.run import run
 
@@ -64,6 +64,11 @@ class GpgKeys:
         """An armored detached signature, like Ubuntu's SHA256SUMS.gpg."""
         who = "stranger@example.invalid" if stranger else "signer@example.invalid"
         return self._gpg("--armor", "--local-user", who, "--detach-sign", data=data)
+
+    def clearsign(self, data: bytes, *, stranger: bool = False) -> bytes:
+        """A clear-signed copy of ``data``, like a Debian mirror's InRelease."""
+        who = "stranger@example.invalid" if stranger else "signer@example.invalid"
+        return self._gpg("--local-user", who, "--clearsign", data=data)
 
     def close(self) -> None:
         """Stop the gpg-agent that gpg started for this home."""
@@ -130,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, *, head: bool) -> None:
         fake = self.server.fake
-        path = urlsplit(self.path).path
+        path = unquote(urlsplit(self.path).path)
         rng = self.headers.get("Range")
         hit = Hit(self.command, path, rng, 404, 0, self.headers.get("User-Agent", ""))
         fake._record(hit)

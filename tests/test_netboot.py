@@ -1,0 +1,204 @@
+"""The Debian netboot installer from a mirror (real apt against a signed local mirror),
+the preseed answers, and the installer options' validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagebuilder import netboot, preseed
+from imagebuilder.choices import FileType, Firmware, Layout
+from imagebuilder.config import Config, resolve
+from imagebuilder.errors import ConfigError, DownloadError, OfflineError
+from imagebuilder.progress import Progress
+from tests.fakes.cloudimages import CloudImages, GpgKeys
+from tests.fakes.debmirror import publish_netboot
+
+
+def cfg_for(srv: CloudImages, tmp: Path, keyring: Path, **values: Any) -> Config:
+    base = {
+        "series": "bookworm",
+        "layout": "flat",
+        "mirror": f"{srv.url}/debian",
+        "keyring": str(keyring),
+        "cache_dir": str(tmp / "cache"),
+    }
+    return resolve({**base, **values}, environ={})
+
+
+# ---- netboot: download through apt, verify, cache ----------------------------------------
+
+
+def test_netboot_files_come_from_the_signed_mirror_and_are_cached(
+    server: CloudImages, keys: GpgKeys, tmp_path: Path, progress: Progress
+) -> None:
+    pkg = publish_netboot(server, tmp_path)
+    cfg = cfg_for(server, tmp_path, keys.keyring)
+    nb = netboot.netboot_files(cfg, progress)
+    assert nb.kernel.read_bytes() == pkg.kernel
+    assert nb.initrd.read_bytes() == pkg.initrd
+    assert (nb.package, nb.version) == (pkg.name, pkg.version)
+    assert nb.date > 0 and nb.mirror.startswith(f"deb {server.url}/debian bookworm")
+    assert nb.kernel.parent.parent == tmp_path / "cache" / "netboot"
+    assert server.count(f"/debian/pool/main/d/{pkg.name}/{pkg.name}_{pkg.version}_all.deb") == 1
+    # Offline, the cached copy is used without a single request.
+    before = server.count()
+    again = netboot.netboot_files(cfg_for(server, tmp_path, keys.keyring, offline=True), progress)
+    assert again == nb and server.count() == before
+    # No staging directories left behind.
+    assert [p.name for p in (tmp_path / "cache" / "netboot").iterdir()] == [nb.kernel.parent.name]
+
+
+def test_a_mirror_signed_by_another_key_is_refused(
+    server: CloudImages, keys: GpgKeys, tmp_path: Path, progress: Progress
+) -> None:
+    publish_netboot(server, tmp_path, stranger=True)
+    with pytest.raises(DownloadError, match="apt-get update of the Debian installer failed"):
+        netboot.netboot_files(cfg_for(server, tmp_path, keys.keyring), progress)
+    assert not list((tmp_path / "cache" / "netboot").glob("debian-installer-*"))
+
+
+def test_a_package_that_does_not_match_its_index_is_refused(
+    server: CloudImages, keys: GpgKeys, tmp_path: Path, progress: Progress
+) -> None:
+    publish_netboot(server, tmp_path, tamper_deb=True)
+    with pytest.raises(DownloadError, match="apt-get download"):
+        netboot.netboot_files(cfg_for(server, tmp_path, keys.keyring), progress)
+    assert not list((tmp_path / "cache" / "netboot").glob("debian-installer-*"))
+
+
+def test_offline_with_an_empty_cache_names_the_package(
+    server: CloudImages, keys: GpgKeys, tmp_path: Path, progress: Progress
+) -> None:
+    cfg = cfg_for(server, tmp_path, keys.keyring, offline=True)
+    with pytest.raises(OfflineError, match="debian-installer-12-netboot-amd64 is not in the cache"):
+        netboot.netboot_files(cfg, progress)
+    assert server.count() == 0
+
+
+def test_package_names_and_members() -> None:
+    assert netboot.netboot_package("trixie", "arm64") == "debian-installer-13-netboot-arm64"
+    kernel, initrd = netboot.member_paths("bookworm", "amd64")
+    assert kernel.endswith("/12/amd64/text/debian-installer/amd64/linux")
+    assert initrd.endswith("/initrd.gz")
+    with pytest.raises(ConfigError, match="no Debian netboot installer is known for jammy"):
+        netboot.netboot_package("jammy", "amd64")
+
+
+# ---- the preseed ------------------------------------------------------------------------
+
+
+def _answers(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith(("d-i ", "tasksel ", "popularity-contest ")):
+            owner_key, _, rest = line.partition(" ")[2].partition(" ")
+            out[owner_key] = rest.partition(" ")[2]
+    return out
+
+
+def render(layout: Layout, firmware: Firmware, **kw: Any) -> str:
+    args: dict[str, Any] = {
+        "suite": "bookworm",
+        "mirror": "http://deb.debian.org/debian",
+        "layout": layout,
+        "firmware": firmware,
+        "kernel": "linux-image-amd64",
+    }
+    return preseed.render_preseed(**{**args, **kw})
+
+
+def test_flat_preseed_uefi_no_swap_no_password() -> None:
+    text = render(Layout.FLAT, Firmware.UEFI, proxy="http://10.0.2.2:3128")
+    a = _answers(text)
+    assert a["mirror/http/hostname"] == "deb.debian.org"
+    assert a["mirror/http/directory"] == "/debian"
+    assert a["mirror/http/proxy"] == "http://10.0.2.2:3128"
+    assert a["mirror/suite"] == "bookworm"
+    assert a["partman-auto/method"] == "regular"
+    recipe = a["partman-auto/expert_recipe"]
+    assert "method{ efi }" in recipe and "biosgrub" not in recipe
+    assert "mountpoint{ / }" in recipe and "swap" not in recipe
+    assert a["partman-basicfilesystems/no_swap"] == "false"
+    assert a["grub-installer/force-efi-extra-removable"] == "true"
+    assert a["debian-installer/exit/poweroff"] == "true"
+    assert a["passwd/make-user"] == "false"
+    assert a["passwd/root-password-crypted"] == "!"  # locked: nobody can log in with it
+    assert not [k for k in a if k in ("passwd/root-password", "passwd/user-password")]
+    for pkg in preseed.PACKAGES:
+        assert pkg in a["pkgsel/include"].split()
+    assert a["base-installer/kernel/image"] == "linux-image-amd64"
+    assert "${" not in text
+
+
+def test_lvm_preseed_bios_has_a_root_lv_and_separate_boot() -> None:
+    a = _answers(render(Layout.LVM, Firmware.BIOS))
+    assert a["partman-auto/method"] == "lvm"
+    recipe = a["partman-auto/expert_recipe"]
+    assert "method{ biosgrub }" in recipe and "method{ efi }" not in recipe
+    assert "lv_name{ root }" in recipe and "mountpoint{ /boot }" in recipe
+    assert a["partman-auto-lvm/new_vg_name"] == preseed.VOLUME_GROUP
+    assert a["partman-lvm/confirm_nooverwrite"] == "true"
+
+
+def test_arm64_always_gets_an_esp_and_https_mirrors_keep_their_port() -> None:
+    text = render(Layout.FLAT, Firmware.BIOS, arch="arm64", mirror="https://m.example:8443/d/")
+    a = _answers(text)
+    assert "method{ efi }" in a["partman-auto/expert_recipe"]
+    assert a["mirror/protocol"] == "https"
+    assert a["mirror/https/hostname"] == "m.example:8443"
+    assert a["mirror/https/directory"] == "/d"
+
+
+def test_preseed_refuses_odd_mirrors_and_cloudimg() -> None:
+    with pytest.raises(ConfigError, match="needs an http"):
+        render(Layout.FLAT, Firmware.UEFI, mirror="file:///srv/mirror")
+    with pytest.raises(ConfigError, match="not an installer build"):
+        render(Layout.CLOUDIMG, Firmware.UEFI)
+
+
+def test_kernel_cmdline_is_unattended_on_the_serial_console() -> None:
+    line = preseed.kernel_cmdline("http://10.0.2.2:8000/preseed.cfg", "amd64")
+    words = line.split()
+    assert {"auto=true", "priority=critical", "console=ttyS0,115200n8"} <= set(words)
+    assert "url=http://10.0.2.2:8000/preseed.cfg" in words
+    assert "console=ttyAMA0,115200n8" in preseed.kernel_cmdline("http://x/p", "arm64")
+
+
+# ---- installer options ---------------------------------------------------------------------
+
+
+def test_lvm_defaults_to_dd_gz_and_refuses_tar(tmp_path: Path) -> None:
+    cfg = resolve({"series": "bookworm", "layout": "lvm"}, environ={})
+    assert cfg.output.filetype is FileType.DDGZ
+    assert resolve({"series": "bookworm", "layout": "lvm", "filetype": "ddxz"}, environ={})
+    with pytest.raises(ConfigError, match="--layout lvm makes a whole-disk image"):
+        resolve({"series": "bookworm", "layout": "lvm", "filetype": "tgz"}, environ={})
+    assert resolve({"series": "bookworm", "layout": "flat"}, environ={}).output.filetype is (
+        FileType.TGZ
+    )
+
+
+def test_installer_only_options_need_an_installer_layout(tmp_path: Path) -> None:
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    (debs / "x_1_all.deb").write_bytes(b"!<arch>\n")
+    iso = tmp_path / "netinst.iso"
+    iso.write_bytes(b"\0" * 2048)
+    with pytest.raises(ConfigError, match="--packages is for installer builds"):
+        resolve({"series": "bookworm", "packages": str(debs)}, environ={})
+    with pytest.raises(ConfigError, match="--iso is for installer builds"):
+        resolve({"series": "bookworm", "iso": str(iso)}, environ={})
+    cfg = resolve(
+        {"series": "bookworm", "layout": "flat", "packages": str(debs), "iso": str(iso)},
+        environ={},
+    )
+    assert cfg.output.packages == debs and cfg.source.iso == iso
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="not a directory holding"):
+        resolve({"series": "bookworm", "layout": "flat", "packages": str(empty)}, environ={})
+    with pytest.raises(ConfigError, match=r"--iso: .* does not exist"):
+        resolve({"series": "bookworm", "layout": "flat", "iso": str(tmp_path / "no")}, environ={})
