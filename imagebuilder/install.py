@@ -5,9 +5,10 @@ runs an installer on it with no keystrokes until it powers the VM off:
 
 - Ubuntu: the live-server ISO (:mod:`imagebuilder.isofetch`), its ``casper``
   kernel and initrd booted with ``autoinstall``, the answers on a cidata ISO;
-- Debian: the netboot installer from the Debian mirror (:mod:`imagebuilder.netboot`),
-  or the kernel and initrd of a netinst ``--iso``, the preseed file
-  (:mod:`imagebuilder.preseed`) served by the loopback HTTP server.
+- Debian: the netboot installer from the Debian mirror (:mod:`imagebuilder.netboot`;
+  the mirror is first checked for the components it will download,
+  :mod:`imagebuilder.udebcheck`), or the kernel and initrd of a netinst ``--iso``;
+  the preseed file (:mod:`imagebuilder.preseed`) served by the loopback HTTP server.
 
 The installed disk is handed back as a :class:`BaseDisk` (kind ``installer``);
 :func:`imagebuilder.provision.provision` then boots it through its firmware with the
@@ -25,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import httpserve, installer, isofetch, netboot, preseed, qemu
+from . import httpserve, installer, isofetch, netboot, preseed, qemu, udebcheck
 from .basedisk import BaseDisk
 from .config import Config, Layout
 from .errors import ConfigError
@@ -83,6 +84,9 @@ def _debian_boot(
         boot = installer.InstallerBoot(files.kernel, files.initrd, cmdline, cdrom=iso.path)
         return boot, _Source(iso.origin, iso.sha256, iso.date)
     nb = netboot.netboot_files(cfg, progress)
+    if not cfg.source.offline:
+        checked = udebcheck.check_mirror(mirror, cfg.series, cfg.arch, nb.initrd)
+        progress.info(f"the mirror has all {checked} installer components the installer needs")
     boot = installer.InstallerBoot(nb.kernel, nb.initrd, cmdline)
     return boot, _Source(f"{nb.package} {nb.version} ({nb.mirror})", nb.deb_sha256, nb.date)
 

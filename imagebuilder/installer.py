@@ -48,6 +48,7 @@ __all__ = [
     "installer_spec",
     "kernel_cmdline",
     "live_server_dir_url",
+    "pending_question",
     "render_autoinstall",
     "run_installer",
     "write_autoinstall_seed",
@@ -298,6 +299,34 @@ def installer_hook_files(packages_dir: Path | None = None) -> list[HookFile]:
 # ---- running it ---------------------------------------------------------------------------
 
 
+#: The Debian installer's text frontend waiting for an answer nobody will type.
+_PROMPT = "Prompt: '?' for help"
+_UNDERLINE = re.compile(r"^-{4,}$")
+
+
+def pending_question(text: str) -> str | None:
+    """The title of the question an installer's text frontend waits on at the end of
+    ``text`` (serial console output), or None when it is not waiting."""
+    lines = [_ANSI.sub("", ln).strip() for ln in text.replace("\r", "\n").splitlines()]
+    lines = [ln for ln in lines if ln]
+    last = max((i for i, ln in enumerate(lines) if ln.startswith(_PROMPT)), default=None)
+    if last is None:
+        return None
+    titles = [i for i in range(last) if _UNDERLINE.match(lines[i]) and i > 0]
+    title = lines[titles[-1] - 1] if titles else "an unanswered question"
+    asks = [ln for ln in lines[titles[-1] if titles else 0 : last] if ln.endswith(":")]
+    return f"{title}: {asks[-1].rstrip(':')}" if asks else title
+
+
+def _tail(log: Path, size: int = 4096) -> str:
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - size))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def _fatal_line(log: Path, offset: int) -> tuple[str | None, int]:
     """The first INSTALLER_FATAL line in ``log`` after ``offset``; the new offset."""
     try:
@@ -336,6 +365,13 @@ def run_installer(
             if fatal:
                 raise machine.error(
                     f"the installer failed: {fatal}", "see the installer's serial console log"
+                )
+            question = pending_question(_tail(spec.serial_log))
+            if question:
+                raise machine.error(
+                    f"the installer stopped to ask '{question}', which no answer covers",
+                    "see the installer's serial console log; a download failure means the "
+                    "mirror lacks installer files: pass a complete mirror with --mirror URL",
                 )
             if time.monotonic() - start > timeout:
                 raise machine.error(

@@ -3,15 +3,17 @@ the preseed answers, and the installer options' validation."""
 
 from __future__ import annotations
 
+import gzip
+import lzma
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from imagebuilder import netboot, preseed
+from imagebuilder import installer, netboot, preseed, udebcheck
 from imagebuilder.choices import FileType, Firmware, Layout
 from imagebuilder.config import Config, resolve
-from imagebuilder.errors import ConfigError, DownloadError, OfflineError
+from imagebuilder.errors import ConfigError, DownloadError, OfflineError, SourceError
 from imagebuilder.progress import Progress
 from tests.fakes.cloudimages import CloudImages, GpgKeys
 from tests.fakes.debmirror import publish_netboot
@@ -202,3 +204,89 @@ def test_installer_only_options_need_an_installer_layout(tmp_path: Path) -> None
         resolve({"series": "bookworm", "layout": "flat", "packages": str(empty)}, environ={})
     with pytest.raises(ConfigError, match=r"--iso: .* does not exist"):
         resolve({"series": "bookworm", "layout": "flat", "iso": str(tmp_path / "no")}, environ={})
+
+
+# ---- preflight: does the mirror hold the installer's components? ------------------------------
+
+
+def _newc(members: dict[str, bytes]) -> bytes:
+    """A "newc" cpio archive, as the installer initrd is."""
+    out = b""
+    for ino, (name, data) in enumerate([*members.items(), ("TRAILER!!!", b"")], start=1):
+        raw = name.encode() + b"\0"
+        mode = 0o40755 if name.endswith("/") else 0o100644
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0]
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        out += header + raw
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return out
+
+
+def fake_initrd(tmp: Path) -> Path:
+    status = b"Package: anna\nStatus: install ok installed\n\nPackage: netcfg\nStatus: x\n"
+    initrd = tmp / "initrd.gz"
+    members = {"./var/lib/dpkg/status": status, "lib/modules/6.1.0-50-amd64/": b""}
+    initrd.write_bytes(gzip.compress(_newc(members)))
+    return initrd
+
+
+def udeb_index() -> str:
+    def st(name: str, prio: str) -> str:
+        return f"Package: {name}\nPriority: {prio}\nFilename: pool/main/{name}.udeb\n"
+
+    return "\n".join(
+        [
+            st("anna", "standard"),  # in the initrd already
+            st("grub-installer", "standard"),
+            st("partman-ext3", "standard"),
+            st("finish-install", "required"),
+            st("fancy-extra", "optional"),  # not downloaded by default
+            st("nic-modules-6.1.0-50-amd64-di", "standard"),
+            st("nic-modules-6.1.0-47-amd64-di", "standard"),  # another kernel's
+        ]
+    )
+
+
+def test_initrd_packages_and_abi_are_read_from_the_cpio(tmp_path: Path) -> None:
+    have, abi = udebcheck.initrd_packages(fake_initrd(tmp_path))
+    assert have == {"anna", "netcfg"} and abi == "6.1.0-50-amd64"
+    needed = udebcheck.needed_udebs(udeb_index(), have, abi)
+    assert sorted(needed) == [
+        "finish-install",
+        "grub-installer",
+        "nic-modules-6.1.0-50-amd64-di",
+        "partman-ext3",
+    ]
+
+
+def test_a_mirror_missing_installer_components_is_refused_before_booting(
+    server: CloudImages, tmp_path: Path
+) -> None:
+    server.put(
+        "/debian/dists/bookworm/main/debian-installer/binary-amd64/Packages.xz",
+        lzma.compress(udeb_index().encode()),
+    )
+    for name in ("grub-installer", "finish-install", "nic-modules-6.1.0-50-amd64-di"):
+        server.put(f"/debian/pool/main/{name}.udeb", b"!<arch>\n")
+    initrd = fake_initrd(tmp_path)
+    with pytest.raises(
+        SourceError, match=r"lacks 1 of the 4 installer components .* \(partman-ext3\)"
+    ):
+        udebcheck.check_mirror(f"{server.url}/debian", "bookworm", "amd64", initrd)
+    server.put("/debian/pool/main/partman-ext3.udeb", b"!<arch>\n")
+    assert udebcheck.check_mirror(f"{server.url}/debian/", "bookworm", "amd64", initrd) == 4
+    with pytest.raises(SourceError, match="has no installer index for trixie"):
+        udebcheck.check_mirror(f"{server.url}/debian", "trixie", "amd64", initrd)
+
+
+def test_the_real_installer_waiting_on_a_question_is_recognised() -> None:
+    """The last screen of a real Debian installer run here, whose mirror lacked udebs."""
+    text = (Path(__file__).parent / "data" / "d-i-download-failed.serial").read_text(
+        errors="replace"
+    )
+    assert (
+        installer.pending_question(text)
+        == "Download installer components: Downloading a file failed"
+    )
+    assert installer.pending_question(text.split("Loading additional")[0]) is None
