@@ -100,9 +100,10 @@ def missing_files(
     return sorted(name for name, gone in zip(files, flags, strict=True) if gone)
 
 
-def check_mirror(mirror: str, suite: str, arch: str, initrd: Path) -> int:
+def check_mirror(mirror: str, suite: str, arch: str, initrd: Path | None) -> int:
     """SourceError naming the missing components, unless the mirror has every udeb the
-    netboot installer in ``initrd`` will download; returns how many were checked."""
+    netboot installer in ``initrd`` will download (``None``: every standard udeb but
+    kernel modules); returns how many were checked."""
     mirror = mirror.rstrip("/")
     url = f"{mirror}/dists/{suite}/main/debian-installer/binary-{arch}/Packages.xz"
     with download.session() as session:
@@ -114,7 +115,7 @@ def check_mirror(mirror: str, suite: str, arch: str, initrd: Path) -> int:
                 "pass a complete mirror with --mirror URL",
             )
         index = lzma.decompress(got[0]).decode("utf-8", "replace")
-        have, abi = initrd_packages(initrd)
+        have, abi = initrd_packages(initrd) if initrd is not None else (set(), None)
         needed = needed_udebs(index, have, abi)
         missing = missing_files(session, mirror, needed)
     if missing:

@@ -1,7 +1,8 @@
 """Test-wide capability checks: one place decides which tests this host can run.
 
 Markers: ``vm`` needs qemu-system (TCG is fine), ``root`` needs root and loop
-devices, ``slow`` is a long real build (``make test-slow``). Skips always say why.
+devices, ``slow`` is a long real build (``make test-slow``), ``debian_installer``
+needs a Debian mirror that has the installer's components. Skips always say why.
 """
 
 from __future__ import annotations
@@ -42,8 +43,24 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def _debian_installer_missing() -> str | None:
+    """A real Debian install needs a mirror with the installer's udebs (partial mirrors,
+    like the one these machines reach, lack many)."""
+    from imagebuilder import releases, udebcheck
+    from imagebuilder.errors import ImageBuilderError
+
+    mirror = releases.get("bookworm").archive_mirror("amd64")
+    try:
+        udebcheck.check_mirror(mirror, "bookworm", "amd64", None)
+    except ImageBuilderError as exc:
+        return exc.message
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reasons = {"vm": _vm_missing(), "root": _root_missing()}
+    if any("debian_installer" in item.keywords for item in items):
+        reasons["debian_installer"] = _debian_installer_missing()
     for item in items:
         for marker, reason in reasons.items():
             if reason and marker in item.keywords:
