@@ -26,7 +26,8 @@ from typing import Any
 
 from . import releases
 from .errors import ConfigError, ImageBuilderError, MAASError
-from .maas_api import CHUNK_SIZE, APIKey, MAASClient, api_root
+from .maas_api import CHUNK_SIZE, MAASClient, api_root
+from .maas_auth import APIKey
 from .progress import Progress
 
 __all__ = [

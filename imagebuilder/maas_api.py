@@ -25,16 +25,14 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from oauthlib.oauth1 import SIGNATURE_PLAINTEXT
-from oauthlib.oauth1 import Client as OAuthClient
 
 from .errors import ConfigError, MAASAuthError, MAASError
+from .maas_auth import AUTH_HINT, APIKey, PlaintextAuth
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -47,63 +45,6 @@ READ_TIMEOUT = 120.0
 PUT_READ_TIMEOUT = 900.0
 #: What ``version()`` assumes when MAAS does not say: the sync-per-region storage (3.5+).
 CURRENT_MAAS = (3, 5)
-
-_KEY_PART = re.compile(r"[A-Za-z0-9._~+/=-]+")
-_AUTH_HINT = (
-    "check MAAS_API_KEY or --api-key-file: it must be an API key of a MAAS administrator "
-    "(`maas apikey --username USER` on the region, or the MAAS UI: your user > API keys)"
-)
-
-
-@dataclass(frozen=True)
-class APIKey:
-    """A MAAS API key, ``consumer_key:token_key:token_secret``; never shown in full."""
-
-    consumer_key: str
-    token_key: str
-    token_secret: str = field(repr=False)
-
-    @classmethod
-    def parse(cls, text: str) -> APIKey:
-        parts = text.strip().split(":")
-        if len(parts) != 3 or not all(_KEY_PART.fullmatch(p) for p in parts):
-            raise ConfigError(
-                f"the MAAS API key is malformed: expected consumer_key:token_key:token_secret "
-                f"(3 parts without spaces), got {len(parts)} part(s)",
-                hint=_AUTH_HINT,
-            )
-        return cls(*parts)
-
-    def __repr__(self) -> str:
-        return "APIKey(****)"
-
-    def secrets(self) -> tuple[str, ...]:
-        """Texts that must never leave this process in a message."""
-        full = f"{self.consumer_key}:{self.token_key}:{self.token_secret}"
-        return (full, self.token_secret, f"{self.token_key}:{self.token_secret}")
-
-
-class _PlaintextAuth(requests.auth.AuthBase):
-    """requests auth hook: a fresh OAuth 1.0 PLAINTEXT header (nonce, timestamp) per request."""
-
-    def __init__(self, key: APIKey) -> None:
-        self._key = key
-
-    def __repr__(self) -> str:
-        return "<OAuth PLAINTEXT ****>"
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        client = OAuthClient(
-            self._key.consumer_key,
-            client_secret="",
-            resource_owner_key=self._key.token_key,
-            resource_owner_secret=self._key.token_secret,
-            signature_method=SIGNATURE_PLAINTEXT,
-        )
-        # PLAINTEXT signs no request content, so the body is left out of signing.
-        _, headers, _ = client.sign(r.url or "", http_method=r.method or "GET")
-        r.headers["Authorization"] = headers["Authorization"]
-        return r
 
 
 def api_root(maas_url: str) -> str:
@@ -168,7 +109,7 @@ class MAASClient:
         self.url = url.strip().rstrip("/")
         self.root = api_root(url)
         self._key = APIKey.parse(api_key)
-        self._auth = _PlaintextAuth(self._key)
+        self._auth = PlaintextAuth(self._key)
         self._own_session = session is None
         self.session = session or requests.Session()
         self._version: tuple[int, ...] | None = None
@@ -223,7 +164,7 @@ class MAASClient:
             return resp
         body = resp.text.strip()
         if resp.status_code == 401:
-            raise MAASAuthError(f"MAAS rejected the API key: {_auth_reason(body)}", hint=_AUTH_HINT)
+            raise MAASAuthError(f"MAAS rejected the API key: {_auth_reason(body)}", hint=AUTH_HINT)
         if resp.status_code == 403:
             raise MAASAuthError(
                 "MAAS rejected the API key for this operation: "
