@@ -7,7 +7,7 @@ PACKAGES=(
   nbdkit nbdfuse libnbd-bin python3-libnbd python3-guestfs guestfish fuse2fs
   mmdebstrap gpgv gpg e2fsprogs dosfstools fdisk gdisk xfsprogs
   python3-venv python3-dev pigz xz-utils bzip2 binfmt-support qemu-user-static parted
-  debian-archive-keyring iproute2 mtools
+  debian-archive-keyring iproute2 mtools busybox
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -12,7 +12,6 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import pycdlib
 import pytest
 
 from imagebuilder import installer, iso, qemu
@@ -21,6 +20,7 @@ from imagebuilder.config import Firmware
 from imagebuilder.errors import ConfigError, SourceError
 from imagebuilder.keys import BuildKeys
 from imagebuilder.releases import get as release
+from tests.fakes.isoimage import make_iso
 
 yaml: Any = pytest.importorskip("yaml")
 
@@ -34,47 +34,6 @@ LIVE_SERVER = {
     "casper/vmlinuz": KERNEL,
     "casper/initrd": INITRD,
 }
-
-
-def _iso9660(path: str) -> str:
-    """Our own ISO 9660 level-1 spelling, independent of the code under test."""
-    *dirs, name = path.strip("/").upper().split("/")
-    dirs = [d.lstrip(".").replace("-", "_")[:8] for d in dirs]
-    stem, _, ext = name.lstrip(".").partition(".")
-    return "/" + "/".join([*dirs, f"{stem[:8]}.{ext[:3]};1"])
-
-
-def make_iso(dest: Path, files: dict[str, bytes], *, rock_ridge: bool, joliet: bool) -> Path:
-    out = pycdlib.PyCdlib()
-    out.new(
-        interchange_level=1,
-        # the real volume id; Joliet allows only 16 characters
-        vol_ident="Ubuntu-Server 22.04.4 LTS amd64"[: 16 if joliet else 32],
-        rock_ridge="1.09" if rock_ridge else None,
-        joliet=3 if joliet else None,
-    )
-    made: set[str] = set()
-    for name, data in files.items():
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            d = "/".join(parts[:i])
-            if d not in made:
-                made.add(d)
-                out.add_directory(
-                    _iso9660(d).rsplit(".", 1)[0],
-                    rr_name=parts[i - 1] if rock_ridge else None,
-                    joliet_path=f"/{d}" if joliet else None,
-                )
-        out.add_fp(
-            io.BytesIO(data),
-            len(data),
-            _iso9660(name),
-            rr_name=parts[-1] if rock_ridge else None,
-            joliet_path=f"/{name}" if joliet else None,
-        )
-    out.write(str(dest))
-    out.close()
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from imagebuilder.errors import ConfigError, DownloadError, OfflineError, Source
 from imagebuilder.progress import Progress
 from tests.fakes.cloudimages import CloudImages, GpgKeys
 from tests.fakes.debmirror import publish_netboot
+from tests.fakes.initrd import newc
 
 
 def cfg_for(srv: CloudImages, tmp: Path, keyring: Path, **values: Any) -> Config:
@@ -209,25 +210,11 @@ def test_installer_only_options_need_an_installer_layout(tmp_path: Path) -> None
 # ---- preflight: does the mirror hold the installer's components? ------------------------------
 
 
-def _newc(members: dict[str, bytes]) -> bytes:
-    """A "newc" cpio archive, as the installer initrd is."""
-    out = b""
-    for ino, (name, data) in enumerate([*members.items(), ("TRAILER!!!", b"")], start=1):
-        raw = name.encode() + b"\0"
-        mode = 0o40755 if name.endswith("/") else 0o100644
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0]
-        header = b"070701" + b"".join(b"%08X" % f for f in fields)
-        out += header + raw
-        out += b"\0" * (-len(out) % 4) + data
-        out += b"\0" * (-len(out) % 4)
-    return out
-
-
 def fake_initrd(tmp: Path) -> Path:
     status = b"Package: anna\nStatus: install ok installed\n\nPackage: netcfg\nStatus: x\n"
     initrd = tmp / "initrd.gz"
     members = {"./var/lib/dpkg/status": status, "lib/modules/6.1.0-50-amd64/": b""}
-    initrd.write_bytes(gzip.compress(_newc(members)))
+    initrd.write_bytes(gzip.compress(newc(members)))
     return initrd
 
 
