@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ from .errors import (
 from .progress import Progress
 
 #: Bump when the recipe below changes what ends up on the disk: invalidates caches.
-RECIPE_VERSION = 1
+#: 2: SOURCE_DATE_EPOCH always set (mmdebstrap, mke2fs, mtools), FAT made --invariant.
+RECIPE_VERSION = 2
 DISK_SIZE = 3 * diskimage.GIB
 
 #: What every bootstrap base carries on top of the ``minbase`` variant: what a cloud
@@ -297,6 +299,8 @@ def _build(
 ) -> dict[str, Any]:
     """Build ``work/disk.qcow2`` for ``rec``; return its meta.json content."""
     start = time.monotonic()
+    if epoch is None:  # the archive's date: what every timestamp written below is clamped to
+        epoch = mirror_epoch(rec, progress)
     layout = diskimage.cloudimg_layout(rec.key, DISK_SIZE)
     raw = work / "disk.raw"
     diskimage.create_raw(raw, layout)
@@ -309,7 +313,7 @@ def _build(
             date = _fill(rec, target, log, progress, epoch=epoch)
             timings["mmdebstrap"] = round(time.monotonic() - t0, 1)
             t0 = time.monotonic()
-            _configure(target, rec, dev, layout, work, log, progress)
+            _configure(target, rec, dev, layout, work, log, progress, epoch=epoch)
             timings["configure"] = round(time.monotonic() - t0, 1)
         # Trim on a fresh mount, when every block freed during the build (replaced
         # initramfs images, apt caches) is free on disk: they become holes in the raw
@@ -427,18 +431,46 @@ def _relay(log: Path, pos: int, progress: Progress) -> int:
     return pos + end
 
 
+def _date_field(text: str) -> int | None:
+    """The ``Date:`` of a Release file's text, as epoch seconds."""
+    for line in text.splitlines():
+        if line.startswith("Date:"):
+            with contextlib.suppress(TypeError, ValueError):
+                return int(email.utils.parsedate_to_datetime(line[5:].strip()).timestamp())
+            return None
+    return None
+
+
 def _release_date(target: Path) -> int | None:
     """Newest ``Date:`` of the InRelease/Release files apt fetched, as epoch seconds."""
+    dates = [_date_field(f.read_text(errors="replace"))
+             for f in (target / "var/lib/apt/lists").glob("*Release")]  # fmt: skip
+    return max((d for d in dates if d is not None), default=None)
+
+
+def mirror_epoch(rec: Recipe, progress: Progress) -> int | None:
+    """Newest ``Date:`` of the InRelease files of the recipe's sources, read before
+    mmdebstrap runs so that it (and mke2fs, mtools) get SOURCE_DATE_EPOCH; None, with a
+    warning, when one cannot be read (the base is then not reproducible)."""
     dates: list[int] = []
-    for f in (target / "var/lib/apt/lists").glob("*Release"):
-        for line in f.read_text(errors="replace").splitlines():
-            if line.startswith("Date:"):
-                with contextlib.suppress(TypeError, ValueError):
-                    dates.append(
-                        int(email.utils.parsedate_to_datetime(line[5:].strip()).timestamp())
-                    )
-                break
-    return max(dates) if dates else None
+    for line in rec.sources():
+        _, url, suite = line.split()[:3]
+        where = f"{url}/dists/{suite}/InRelease"
+        try:
+            with urllib.request.urlopen(where, timeout=30) as resp:
+                date = _date_field(resp.read(1 << 16).decode("utf-8", "replace"))
+        except (OSError, ValueError) as exc:
+            date, why = None, str(exc)
+        else:
+            why = "no Date: field"
+        if date is None:
+            progress.warning(
+                f"cannot read the date of {where} ({why}): the bootstrap base will not be "
+                "reproducible (set --source-date-epoch to make it so)"
+            )
+            return None
+        dates.append(date)
+    return max(dates, default=None)
 
 
 def _write_files(target: Path, rec: Recipe, *, before_packages: bool) -> None:
@@ -471,6 +503,8 @@ def _configure(
     work: Path,
     log: Path,
     progress: Progress,
+    *,
+    epoch: int | None = None,
 ) -> None:
     """Everything after mmdebstrap: system settings, boot loaders, hygiene, checks."""
     progress.info("configuring: locale, networkd, ssh, grub (BIOS + UEFI)")
@@ -484,6 +518,7 @@ def _configure(
             root_uuid=layout.root_uuid,
             stage=work / "esp",
             log=log,
+            epoch=epoch,
         )
     _write_files(target, rec, before_packages=False)
     _check(target, rec, dev, layout.root_uuid)

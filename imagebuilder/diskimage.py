@@ -206,7 +206,7 @@ def format_partitions(dev: Path, layout: DiskLayout, *, epoch: int | None = None
     )  # fmt: skip
     run.run(
         [
-            "mkfs.vfat", "-F", "32", "-n", ESP_LABEL, "-i", layout.esp_serial,
+            "mkfs.vfat", "--invariant", "-F", "32", "-n", ESP_LABEL, "-i", layout.esp_serial,
             partition_device(dev, 15),
         ]
     )  # fmt: skip
@@ -357,9 +357,12 @@ def stage_esp(root: Path, stage: Path, *, arch: str, bootloader_id: str, root_uu
                     dirs_exist_ok=True)  # fmt: skip
 
 
-def copy_to_fat(stage: Path, device: Path) -> None:
-    """Copy the tree under ``stage`` to the root of the FAT filesystem on ``device``."""
+def copy_to_fat(stage: Path, device: Path, *, epoch: int | None = None) -> None:
+    """Copy the tree under ``stage`` to the root of the FAT filesystem on ``device``
+    (with ``epoch``, every timestamp mtools writes is that time)."""
     env = {"MTOOLS_SKIP_CHECK": "1"}
+    if epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(epoch)
     items = sorted(stage.iterdir())
     if items:
         run.run(["mcopy", "-s", "-Q", "-i", device, *items, "::/"], env=env)
@@ -384,6 +387,7 @@ def install_grub(
     root_uuid: str,
     stage: Path,
     log: Path | None = None,
+    epoch: int | None = None,
 ) -> None:
     """Make the disk on ``dev`` (root fs mounted at ``root``) bootable by BIOS and UEFI.
 
@@ -409,7 +413,7 @@ def install_grub(
             with log.open("ab") as f:
                 f.write(f"$ chroot {root} {' '.join(argv)}\n".encode() + out.stdout + out.stderr)
     stage_esp(root, stage, arch=arch, bootloader_id=bootloader_id, root_uuid=root_uuid)
-    copy_to_fat(stage, partition_device(dev, 15))
+    copy_to_fat(stage, partition_device(dev, 15), epoch=epoch)
 
 
 def grub_defaults(arch: str) -> str:
