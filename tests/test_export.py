@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -462,13 +463,35 @@ def test_lvm_dd_export_puts_curtin_on_the_root_lv(tmp_path: Path) -> None:
 
     disk = make_lvm_disk(tmp_path / "lvm.qcow2")
     before = hashlib.sha256(disk.read_bytes()).hexdigest()
-    res = export_disk(
-        disk, cfg_for(FileType.DDGZ), base=None, progress=Progress(), output=tmp_path / "lvm.dd.gz"
-    )
+    cfg = dataclasses.replace(cfg_for(FileType.DDGZ), layout=Layout.LVM)  # an installer build
+    out = tmp_path / "custom-ubuntu-lvm.dd.gz"
+    res = export_disk(disk, cfg, base=None, progress=Progress(), output=out)
     assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
     report = inspect_image(res.path)
     assert report.facts["curtin_hooks"] == "mode 0750 uid 0"
+    assert report.facts["fstab_entries"] == 1  # the disk's own fstab is kept
     assert report.problems == []
+    # The installer hooks, on the root logical volume of the output.
+    raw = tmp_path / "out.raw"
+    with gzip.open(out, "rb") as src, open(raw, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    import guestfs
+
+    g = guestfs.GuestFS(python_return_dict=True)
+    g.set_backend_settings(["force_tcg"])
+    g.add_drive_opts(os.fspath(raw), format="raw", readonly=True)
+    g.launch()
+    try:
+        g.mount_ro("/dev/ubuntu-vg/ubuntu-lv", "/")
+        assert sorted(g.ls("/curtin")) == [
+            "curtin-hooks",
+            "install-custom-packages",
+            "setup-bootloader",
+        ]
+        assert b"installer-built images" in g.read_file("/curtin/curtin-hooks")
+    finally:
+        g.shutdown()
+        g.close()
 
 
 def test_manifest_amend_keeps_the_rest(tmp_path: Path) -> None:
