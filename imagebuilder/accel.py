@@ -45,8 +45,21 @@ CHECKPOINTS = {
     "B": "handling page faults",
     "M": "exiting",
 }
-#: CPU model used with each accelerator (qemu_argv uses the same).
+#: CPU model used with each accelerator (qemu_argv uses the same, see :func:`cpu_model`).
 CPU = {"kvm": "host", "tcg": "max"}
+
+
+def cpu_model(arch: str, accel: str) -> str:
+    """The ``-cpu`` of an ``arch`` guest under ``accel``.
+
+    Emulated arm64 gets ``max`` with the implementation-defined pointer
+    authentication algorithm: the architected one (QARMA) costs TCG several
+    times more on every function return of the guest, for nothing a build needs.
+    """
+    if arch == "arm64" and accel == "tcg":
+        return "max,pauth-impdef=on"
+    return CPU[accel]
+
 
 #: GNU as source of the payload (``as --32``; ``ld -m elf_i386 -Ttext=0x7c00
 #: --oformat=binary``); tests/test_qemu.py reassembles it and compares with PAYLOAD.
@@ -337,7 +350,9 @@ def probe_accel(
             )
         return "kvm"
     if problem and not host_matches(arch):
-        return "tcg"  # emulating a foreign architecture is the only way, nothing to warn
+        # A foreign guest (arm64 on an x86 host) can only be emulated: always TCG,
+        # no KVM probe (the probe payload is x86 code anyway), nothing to warn about.
+        return "tcg"
     result = _RESULTS.get(arch)
     if result is None:
         if problem:

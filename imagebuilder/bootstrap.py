@@ -21,6 +21,7 @@ import email.utils
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -153,6 +154,44 @@ def missing_tools() -> dict[str, str]:
     return found
 
 
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+#: ELF e_machine of each foreign arch, as binfmt_misc's "magic" shows it (hex, bytes 18-19).
+ELF_MACHINE = {"amd64": "3e00", "arm64": "b700"}
+
+
+def emulation_problem(arch: str, binfmt_dir: Path | None = None) -> str | None:
+    """Why ``arch`` programs cannot run here (mmdebstrap and chroot need it), or None.
+
+    A foreign arch needs an enabled binfmt_misc entry for its ELF binaries whose
+    interpreter exists and is opened at registration (flag ``F``), so it also
+    works inside the target's chroot, where the interpreter path does not exist.
+    """
+    if releases.QEMU_ARCH.get(arch) == platform.machine():
+        return None
+    name = releases.QEMU_ARCH.get(arch, arch)
+    binfmt_dir = binfmt_dir or BINFMT_DIR
+    status = binfmt_dir / "status"
+    try:
+        if status.read_text().strip() != "enabled":
+            return "binfmt_misc is disabled"
+    except OSError:
+        return f"binfmt_misc is not mounted on {binfmt_dir}"
+    for entry in sorted(binfmt_dir.iterdir()):
+        if entry.name in ("status", "register"):
+            continue
+        with contextlib.suppress(OSError):
+            lines = entry.read_text().splitlines()
+            fields = dict(ln.partition(" ")[::2] for ln in lines[1:])
+            magic = fields.get("magic", "")
+            if magic.startswith("7f454c4602") and magic[36:40] == ELF_MACHINE.get(arch):
+                if lines[0] != "enabled":
+                    return f"the binfmt_misc entry {entry.name} for {name} is disabled"
+                if "F" not in fields.get("flags:", ""):
+                    return f"the binfmt_misc entry {entry.name} lacks the F (fix-binary) flag"
+                return None
+    return f"no binfmt_misc entry runs {name} programs (qemu-user-static)"
+
+
 def _separate_resolved(rel: releases.Release) -> bool:
     """systemd-resolved is its own package from Debian 12 and Ubuntu 23.04 on."""
     major = float(rel.version)
@@ -237,6 +276,14 @@ def bootstrap_base(cfg: Config, progress: Progress) -> BaseDisk:
             f"--base bootstrap needs {', '.join(missing)}, not installed",
             hint=f"apt-get install {' '.join(sorted(set(missing.values())))}",
         )
+    problem = emulation_problem(rec.arch)
+    if problem:
+        raise BootstrapError(
+            f"--arch {rec.arch} on this {platform.machine()} host needs qemu-user emulation: "
+            f"{problem}",
+            hint="run scripts/setup-host.sh (apt-get install qemu-user-static binfmt-support; "
+            f"update-binfmts --enable qemu-{releases.QEMU_ARCH.get(rec.arch, rec.arch)})",
+        )
     root.mkdir(parents=True, exist_ok=True)
     with cache.locked(root / rec.name):
         found = cached_base(cfg.source.cache_dir, rec)  # built while we waited?
@@ -301,7 +348,7 @@ def _build(
     start = time.monotonic()
     if epoch is None:  # the archive's date: what every timestamp written below is clamped to
         epoch = mirror_epoch(rec, progress)
-    layout = diskimage.cloudimg_layout(rec.key, DISK_SIZE)
+    layout = diskimage.cloudimg_layout(rec.key, DISK_SIZE, arch=rec.arch)
     raw = work / "disk.raw"
     diskimage.create_raw(raw, layout)
     timings: dict[str, float] = {}

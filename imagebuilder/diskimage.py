@@ -1,10 +1,10 @@
 """Raw disks laid out like an Ubuntu cloud image: partition, format, mount, chroot, grub.
 
 ``bootstrap`` uses this to turn an empty raw file into a bootable disk: a GPT with
-partition 14 (BIOS boot), 15 (ESP, FAT32 labelled ``UEFI``) near the start and
-partition 1 (ext4 labelled ``cloudimg-rootfs``) after them, last, so growpart can
-grow it. Every identifier (disk GUID, partition GUIDs, filesystem UUIDs) is derived
-from a seed, so the same recipe gives the same identifiers.
+partition 14 (BIOS boot, amd64 only), 15 (ESP, FAT32 labelled ``UEFI``) near the
+start and partition 1 (ext4 labelled ``cloudimg-rootfs``) after them, last, so
+growpart can grow it. Every identifier (disk GUID, partition GUIDs, filesystem
+UUIDs) is derived from a seed, so the same recipe gives the same identifiers.
 
 Every loop device, mount and bind mount is entered on the caller's ExitStack and
 released on any error or Ctrl-C. This module knows no packages, mirrors or caches,
@@ -101,19 +101,25 @@ def derived_uuid(seed: str, what: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{seed}:{what}")).upper()
 
 
-def cloudimg_layout(seed: str, size: int = 3 * GIB) -> DiskLayout:
+def cloudimg_layout(seed: str, size: int = 3 * GIB, *, arch: str = "amd64") -> DiskLayout:
     """The partition table of an Ubuntu cloud image (jammy), sized ``size`` bytes.
 
     Sectors as on the real image: 14 at 2048 (4 MiB BIOS boot), 15 at 10240
-    (106 MiB ESP), 1 from 227328 to the end.
+    (106 MiB ESP), 1 from 227328 to the end. Only x86 has a BIOS: other arches
+    (arm64) have no partition 14 and their ESP starts at 2048, as on their images.
     """
     if size % MIB or size < 1 * GIB:
         raise ValueError(f"disk size must be a whole number of MiB and >= 1 GiB, got {size}")
-    parts = (
-        Partition(1, 227328, None, LINUX_FS_TYPE, derived_uuid(seed, "part-1")),
-        Partition(14, 2048, 8192, BIOS_BOOT_TYPE, derived_uuid(seed, "part-14")),
-        Partition(15, 10240, 217088, ESP_TYPE, derived_uuid(seed, "part-15")),
-    )
+    root = Partition(1, 227328, None, LINUX_FS_TYPE, derived_uuid(seed, "part-1"))
+    esp_uuid = derived_uuid(seed, "part-15")
+    if arch == "amd64":
+        parts: tuple[Partition, ...] = (
+            root,
+            Partition(14, 2048, 8192, BIOS_BOOT_TYPE, derived_uuid(seed, "part-14")),
+            Partition(15, 10240, 217088, ESP_TYPE, esp_uuid),
+        )
+    else:
+        parts = (root, Partition(15, 2048, 225280, ESP_TYPE, esp_uuid))
     return DiskLayout(
         size=size,
         disk_guid=derived_uuid(seed, "disk"),

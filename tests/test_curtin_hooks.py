@@ -142,6 +142,19 @@ def test_debian_without_pin_gets_linux_image_arch(tmp_path: Path, fake_curtin: P
     assert steps[0]["cfg"]["kernel"] == {"package": f"linux-image-{arch}"}
 
 
+def test_debian_kernel_follows_the_targets_dpkg_arch(tmp_path: Path, fake_curtin: Path) -> None:
+    status = tmp_path / "target/var/lib/dpkg/status"
+    status.parent.mkdir(parents=True)
+    status.write_text(
+        "Package: base-files\nStatus: install ok installed\nArchitecture: arm64\n\n"
+        "Package: dpkg\nStatus: install ok installed\nArchitecture: arm64\n"
+        "Description: Debian package management system\n This package provides dpkg.\n\n"
+    )
+    proc, steps, _ = run_hook(tmp_path, fake_curtin, {}, distro="debian")
+    assert proc.returncode == 0, proc.stderr
+    assert steps[0]["cfg"]["kernel"] == {"package": "linux-image-arm64"}  # on any host
+
+
 def test_debian_pin_wins_over_default(tmp_path: Path, fake_curtin: Path) -> None:
     proc, steps, _ = run_hook(
         tmp_path, fake_curtin, {}, distro="debian", pin="linux-image-rt-amd64"

@@ -93,8 +93,15 @@ def test_arm64_argv(tmp_path: Path) -> None:
     argv = qemu_argv(_spec(tmp_path, arch="arm64"))
     assert argv[0] == "qemu-system-aarch64"
     assert _value(argv, "-machine") == ["virt,gic-version=max"]
-    assert _value(argv, "-cpu") == ["max"]
+    assert _value(argv, "-cpu") == ["max,pauth-impdef=on"]  # cheap pointer auth under TCG
     assert sum("if=pflash" in d for d in _value(argv, "-drive")) == 2
+
+
+def test_timeouts_scale_for_emulated_arm64_only() -> None:
+    assert qemu.boot_timeout("tcg", arch="arm64") == 3 * qemu.boot_timeout("tcg")
+    assert qemu.poweroff_timeout("tcg", arch="arm64") == 3 * qemu.poweroff_timeout("tcg")
+    assert qemu.boot_timeout("kvm", arch="arm64") == qemu.boot_timeout("kvm")
+    assert qemu.boot_timeout("tcg", 42.0, arch="arm64") == 42.0  # --timeout wins
 
 
 def test_vnc_is_loopback_only(tmp_path: Path) -> None:
