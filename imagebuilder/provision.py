@@ -51,6 +51,7 @@ class Session:
     timeout: float  # boot / cloud-init deadline
     env: dict[str, str] = field(default_factory=dict)  # for every root command (proxies)
     http_url: str | None = None
+    first_boot: int | None = None  # the guest's boot time (epoch s) when setup ran
 
     def fail(self, message: str, output: str, hint: str | None = None) -> ProvisionError:
         details = f"last lines of its output:\n{output or '(none)'}\n"
@@ -88,9 +89,15 @@ def guest_proxy(url: str) -> str:
     return urlunsplit(parts)
 
 
-def build_env(cfg: Config) -> dict[str, str]:
-    """The environment of every root command in the build: no prompts, the build proxies."""
-    return {"DEBIAN_FRONTEND": "noninteractive", **proxy_env(cfg)}
+def build_env(cfg: Config, epoch: int | None = None) -> dict[str, str]:
+    """The environment of every root command in the build: no prompts, the build proxies,
+    and ``SOURCE_DATE_EPOCH`` (the outputs' epoch) for the tools that honour it
+    (initramfs-tools, python's byte-compiler, mtools...), so what they write is the same
+    in every build."""
+    env = {"DEBIAN_FRONTEND": "noninteractive", **proxy_env(cfg)}
+    if epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(epoch)
+    return env
 
 
 def proxy_env(cfg: Config) -> dict[str, str]:
@@ -144,9 +151,20 @@ def write_proxy_file(s: Session) -> None:
             raise s.fail("writing the apt proxy file failed", result.tail_text())
 
 
+def record_first_boot(s: Session) -> None:
+    """When this boot began: hygiene removes byte-code written since then."""
+    btime = s.guest.output("awk '/^btime/ {print $2}' /proc/stat")
+    if btime.isdigit():
+        s.first_boot = int(btime)
+
+
 def step_setup(s: Session) -> None:
+    record_first_boot(s)
     write_proxy_file(s)
-    s.root("apt-get update", "apt-get -o Acquire::Retries=3 update")
+    if s.cfg.source.offline:
+        s.log.write("offline: no apt-get update (apt works from what the image has)")
+    else:
+        s.root("apt-get update", "apt-get -o Acquire::Retries=3 update")
     if purges_kernel(s.base, s.cfg):
         s.root(
             "purging the cloud image's kernel",
@@ -223,6 +241,8 @@ def step_hygiene(s: Session) -> None:
         # dd outputs of an installed disk (LVM) keep their fstab; curtin writes flat ones'.
         "IB_REMOVE_FSTAB": "0" if s.cfg.layout is Layout.LVM else "1",
     }
+    if s.first_boot is not None:  # exactly: the base's files, even fresh ones, are older
+        settings["IB_SINCE"] = str(s.first_boot)
     header = "".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items())
     script = header.encode() + (SEEDS_DIR / "hygiene.sh").read_bytes()
     try:
@@ -340,9 +360,9 @@ def build_vm(
             alive=machine.check,
         )
         stack.callback(guest.close)
-        session = Session(
-            cfg, base, machine, guest, log, progress, accel, timeout, build_env(cfg), http_url
-        )
+        epoch = cfg.output.source_date_epoch
+        env = build_env(cfg, base.date if epoch is None else epoch)
+        session = Session(cfg, base, machine, guest, log, progress, accel, timeout, env, http_url)
         with progress.stage("boot", f"{accel}, {cfg.machine.firmware.value}; waiting for SSH"):
             try:
                 took = guest.wait_ready(timeout)

@@ -6,12 +6,15 @@ import contextlib
 import re
 import urllib.request
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from imagebuilder import httpserve, provision, seed
 from imagebuilder.basedisk import BaseDisk
 from imagebuilder.config import Config, resolve
+from imagebuilder.progress import Progress
+from imagebuilder.ssh import BuildLog, Result
 
 
 def _cfg(**opts: object) -> Config:
@@ -83,6 +86,45 @@ def test_build_env_never_prompts() -> None:
     assert (
         env["DEBIAN_FRONTEND"] == "noninteractive" and env["https_proxy"] == "http://10.0.2.2:3128"
     )
+
+
+def test_build_env_carries_the_outputs_epoch() -> None:
+    env = provision.build_env(_cfg(), 1_700_000_000)
+    assert env == {"DEBIAN_FRONTEND": "noninteractive", "SOURCE_DATE_EPOCH": "1700000000"}
+
+
+class FakeGuest:
+    """Records the commands a step sends; every one succeeds."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def run(self, command: str, **_: Any) -> Result:
+        self.commands.append(command)
+        return Result(0, ())
+
+    def output(self, command: str, **_: Any) -> str:
+        self.commands.append(command)
+        return "1700000123" if "btime" in command else ""
+
+
+def _session(tmp_path: Path, cfg: Config, guest: FakeGuest) -> provision.Session:
+    return provision.Session(
+        cfg, _base("bootstrap", "linux-image-amd64"), cast(Any, None), cast(Any, guest),
+        BuildLog(tmp_path / "build.log"), Progress(), "tcg", 60.0, provision.build_env(cfg),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_setup_updates_apt_only_online_and_records_the_boot(tmp_path: Path, offline: bool) -> None:
+    guest = FakeGuest()
+    s = _session(tmp_path, _cfg(series="bookworm", offline=offline), guest)
+    provision.step_setup(s)
+    s.log.close()
+    assert s.first_boot == 1700000123
+    updates = [c for c in guest.commands if "apt-get" in c and "update" in c]
+    assert updates == ([] if offline else ["apt-get -o Acquire::Retries=3 update"])
+    assert ("offline: no apt-get update" in (tmp_path / "build.log").read_text()) is offline
 
 
 def test_size_bytes() -> None:
