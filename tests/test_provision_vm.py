@@ -323,6 +323,17 @@ def test_disk_is_clean(built: Built) -> None:
     assert not (root / "etc/netplan/50-cloud-init.yaml").exists()
     assert [p.name for p in (root / "var/lib/apt/lists").iterdir() if p.is_file()] == []
     assert not list((root / "var/cache/apt/archives").glob("*.deb"))
+    # what would differ between two builds of the same inputs
+    for f in ("etc/passwd-", "etc/shadow-", "etc/group-", "etc/gshadow-", "etc/subuid-"):
+        if (root / f).exists():
+            assert user not in (root / f).read_text(), f
+    for f in ("var/lib/systemd/random-seed", "etc/.updated", "var/.updated",
+              "var/cache/ldconfig/aux-cache", "var/log/dpkg.log", "var/log/apt/history.log",
+              "var/lib/dpkg/status-old"):  # fmt: skip
+        assert not (root / f).exists(), f
+    for d in ("var/log/journal", "var/lib/systemd/timers", "tmp", "var/tmp"):
+        assert not list((root / d).glob("*")), d
+    assert (root / "var/log/wtmp").stat().st_size == 0
     port = built.proxy_url.rsplit(":", 1)[1]
     found = subprocess.run(
         ["grep", "-rlsE", f"(10\\.0\\.2\\.2|127\\.0\\.0\\.1):{port}", root / "etc", root / "root",
