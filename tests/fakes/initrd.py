@@ -11,13 +11,14 @@ import gzip
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 #: content, (content, st_mode), or a device: (b"", st_mode, (major, minor)).
 Member = bytes | tuple[bytes, int] | tuple[bytes, int, tuple[int, int]]
 
 
-def newc(members: dict[str, Member]) -> bytes:
+def newc(members: Mapping[str, Member]) -> bytes:
     """A "newc" cpio archive, as the installer initrd is; names ending in / are dirs."""
     out = b""
     for ino, (name, member) in enumerate([*members.items(), ("TRAILER!!!", b"")], start=1):
