@@ -98,8 +98,8 @@ def test_arm64_argv(tmp_path: Path) -> None:
 
 
 def test_timeouts_scale_for_emulated_arm64_only() -> None:
-    assert qemu.boot_timeout("tcg", arch="arm64") == 3 * qemu.boot_timeout("tcg")
-    assert qemu.poweroff_timeout("tcg", arch="arm64") == 3 * qemu.poweroff_timeout("tcg")
+    assert qemu.boot_timeout("tcg", arch="arm64") == 2 * qemu.boot_timeout("tcg")
+    assert qemu.poweroff_timeout("tcg", arch="arm64") == 2 * qemu.poweroff_timeout("tcg")
     assert qemu.boot_timeout("kvm", arch="arm64") == qemu.boot_timeout("kvm")
     assert qemu.boot_timeout("tcg", 42.0, arch="arm64") == 42.0  # --timeout wins
 
