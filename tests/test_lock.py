@@ -332,7 +332,9 @@ def test_bootstrap_package_list_and_mirror_changes_are_refused(tmp_path: Path) -
     cfg = boot_cfg(tmp_path, offline=True)
     fake_base(cfg, VERSIONS)
     lk = lock.resolve_lock(cfg, Progress())
-    other = boot_cfg(tmp_path, offline=True, extra_packages="htop", mirror="http://mirror.example/debian")
+    other = boot_cfg(
+        tmp_path, offline=True, extra_packages="htop", mirror="http://mirror.example/debian"
+    )
     with pytest.raises(ConfigError) as info:
         lock.check_locked(other, lk)
     msg = info.value.message
