@@ -9,12 +9,14 @@ with ``imagebuilder export --filetype ddgz``, writes it onto a blank disk larger
 than the image, as curtin does, and boots that disk under each firmware to a
 login configured by cloud-init from a fresh NoCloud seed (see tests/vmboot.py).
 The ``slow`` test does the same with the dd.gz of a whole build (build VM,
-provisioning, hygiene), the way a user makes one.
+provisioning, hygiene), the way a user makes one (expected to fail until the
+build keeps /etc/fstab in dd outputs). ``write_dd`` itself has a fast test.
 """
 
 from __future__ import annotations
 
 import gzip
+import lzma
 import os
 import subprocess
 import sys
@@ -30,8 +32,6 @@ from imagebuilder.bootstrap import bootstrap_base
 from imagebuilder.config import resolve
 from imagebuilder.progress import Progress
 from tests.vmboot import boot_to_login, write_dd
-
-pytestmark = [pytest.mark.vm, pytest.mark.root]
 
 FIRMWARES: tuple[Literal["bios", "uefi"], ...] = ("bios", "uefi")
 #: The blank disk the image is written to is this much larger than the image.
@@ -110,6 +110,8 @@ def exported(base: BaseDisk, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return out, disk
 
 
+@pytest.mark.vm  # qemu-img, qemu-storage-daemon
+@pytest.mark.root
 def test_exported_dd_gz_carries_both_boot_paths_and_passes_inspect(
     exported: tuple[Path, Path],
 ) -> None:
@@ -122,6 +124,8 @@ def test_exported_dd_gz_carries_both_boot_paths_and_passes_inspect(
     assert "EFI/BOOT/BOOTX64.EFI" in found and "EFI/BOOT/grub.cfg" in found
 
 
+@pytest.mark.vm
+@pytest.mark.root
 def test_exported_dd_gz_boots_under_seabios_and_ovmf(
     exported: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -129,6 +133,8 @@ def test_exported_dd_gz_boots_under_seabios_and_ovmf(
 
 
 @pytest.mark.slow
+@pytest.mark.vm
+@pytest.mark.root
 @pytest.mark.xfail(
     strict=True,
     reason="the build's hygiene step removes /etc/fstab from cloudimg-layout dd outputs, so "
@@ -143,3 +149,17 @@ def test_built_dd_gz_boots_under_seabios_and_ovmf(base: BaseDisk, tmp_path: Path
     inspect = _cli("inspect", out)
     assert inspect.returncode == 0, inspect.stdout + inspect.stderr
     _boots_under_both(_blank_disk_with(out, tmp_path), tmp_path)
+
+
+def test_write_dd_is_sparse_sized_and_reads_every_compression(tmp_path: Path) -> None:
+    data = bytearray(3 << 20)  # 3 MiB: data, a zero MiB, data
+    data[:5] = b"first"
+    data[(2 << 20) + 7 : (2 << 20) + 11] = b"last"
+    gz, xz = tmp_path / "d.dd.gz", tmp_path / "d.dd.xz"
+    gz.write_bytes(gzip.compress(bytes(data)))
+    xz.write_bytes(lzma.compress(bytes(data)))
+    for image in (gz, xz):
+        disk = write_dd(image, tmp_path / f"{image.name}.raw", disk_size=5 << 20)
+        assert disk.stat().st_size == 5 << 20
+        assert disk.read_bytes()[: 3 << 20] == bytes(data)
+        assert disk.stat().st_blocks * 512 <= 2 << 20  # the zero MiB and the tail are holes
