@@ -166,7 +166,7 @@ def emulation_problem(arch: str, binfmt_dir: Path | None = None) -> str | None:
     interpreter exists and is opened at registration (flag ``F``), so it also
     works inside the target's chroot, where the interpreter path does not exist.
     """
-    if releases.QEMU_ARCH.get(arch) == platform.machine():
+    if not emulated(arch):
         return None
     name = releases.QEMU_ARCH.get(arch, arch)
     binfmt_dir = binfmt_dir or BINFMT_DIR
@@ -445,12 +445,13 @@ def _mmdebstrap(
             f"archive keyring {rec.keyring} is missing", hint=f"apt-get install {pkg}"
         )
     argv = mmdebstrap_argv(rec, target)
+    env = _child_env(epoch)
+    if emulated(rec.arch):
+        env["INITRD"] = "No"  # no initramfs from dpkg: _configure_system makes the one needed
     with log.open("ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
-        with run.spawn(
-            argv, env=_child_env(epoch), stdout=out, stderr=subprocess.STDOUT, grace=60
-        ) as proc:
+        with run.spawn(argv, env=env, stdout=out, stderr=subprocess.STDOUT, grace=60) as proc:
             pos = 0
             while proc.poll() is None:
                 time.sleep(0.5)
@@ -554,9 +555,10 @@ def _configure(
     epoch: int | None = None,
 ) -> None:
     """Everything after mmdebstrap: system settings, boot loaders, hygiene, checks."""
-    progress.info("configuring: locale, networkd, ssh, grub (BIOS + UEFI)")
+    firmwares = "BIOS + UEFI" if rec.arch == "amd64" else "UEFI"
+    progress.info(f"configuring: locale, networkd, ssh, grub ({firmwares})")
     with diskimage.chroot_mounts(target, dev, layout):
-        _configure_system(target, rec)
+        _configure_system(target, rec, progress, epoch=epoch)
         diskimage.install_grub(
             target,
             dev,
@@ -571,9 +573,28 @@ def _configure(
     _check(target, rec, dev, layout.root_uuid)
 
 
-def _configure_system(target: Path, rec: Recipe) -> None:
-    """Steps that run inside the new system (mounts from chroot_mounts are in place)."""
+def emulated(arch: str) -> bool:
+    """Whether ``arch`` programs run through qemu-user here, where starting one costs much."""
+    return releases.QEMU_ARCH.get(arch) != platform.machine()
+
+
+def _configure_system(
+    target: Path, rec: Recipe, progress: Progress, *, epoch: int | None = None
+) -> None:
+    """Steps that run inside the new system (mounts from chroot_mounts are in place).
+
+    An emulated root was bootstrapped with INITRD=No: mkinitramfs starts thousands
+    of processes, so under qemu-user one initramfs takes ~10 minutes and dpkg would
+    make two (the kernel's postinst hook, then the initramfs-tools trigger). The
+    one needed is made here, before update-grub, which lists what it finds.
+    """
     try:
+        for kernel in sorted((target / "boot").glob("vmlinuz-*")) if emulated(rec.arch) else ():
+            version = kernel.name.removeprefix("vmlinuz-")
+            progress.info(f"update-initramfs {version} (emulated: several minutes)")
+            diskimage.in_chroot(
+                target, "update-initramfs", "-c", "-k", version, env=_child_env(epoch)
+            )
         if rec.distro == "ubuntu":
             diskimage.in_chroot(target, "locale-gen", LOCALE)
         else:
@@ -597,6 +618,8 @@ def _configure_system(target: Path, rec: Recipe) -> None:
 def _check(target: Path, rec: Recipe, dev: Path, root_uuid: str) -> None:
     """Fail now, with a precise message, rather than with a VM that never boots."""
     problems = diskimage.boot_problems(target, dev, arch=rec.arch, root_uuid=root_uuid)
+    if not list((target / "boot").glob("initrd.img-*")):
+        problems.append("no initramfs in /boot")
     locales = target / "usr/lib/locale/locale-archive"
     if not locales.is_file() or b"en_US.utf8" not in locales.read_bytes():
         problems.append(f"locale {LOCALE} not generated")
