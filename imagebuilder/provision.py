@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from . import httpserve, qemu, run
 from .basedisk import BaseDisk
-from .config import Config, Layout
+from .config import DD_TYPES, Config
 from .errors import MachineError, ProvisionError, SSHError
 from .keys import BuildKeys
 from .progress import Progress
@@ -238,8 +238,8 @@ def step_hygiene(s: Session) -> None:
         "IB_USER": BUILD_USER,
         "IB_KEY": s.guest.keys.client.public_openssh.split()[1],
         "IB_PROXY_FILE": PROXY_FILE,
-        # dd outputs of an installed disk (LVM) keep their fstab; curtin writes flat ones'.
-        "IB_REMOVE_FSTAB": "0" if s.cfg.layout is Layout.LVM else "1",
+        # dd outputs boot their own fstab (curtin keeps it); tar outputs get curtin's.
+        "IB_REMOVE_FSTAB": "0" if s.cfg.output.filetype in DD_TYPES else "1",
     }
     if s.first_boot is not None:  # exactly: the base's files, even fresh ones, are older
         settings["IB_SINCE"] = str(s.first_boot)
@@ -324,7 +324,7 @@ def build_vm(
         accel = qemu.probe_accel(
             cfg.arch, progress, requested=cfg.machine.accel, cache_dir=cfg.source.cache_dir
         )
-        timeout = qemu.boot_timeout(accel, cfg.machine.timeout)
+        timeout = qemu.boot_timeout(accel, cfg.machine.timeout, arch=cfg.arch)
         code, vars_ = qemu.prepare_firmware(cfg.arch, cfg.machine.firmware, build_dir)
         http_url = None
         if cfg.provision.http_dir is not None:
@@ -375,7 +375,7 @@ def build_vm(
 def _power_off(s: Session) -> None:
     """Wait for the guest's own poweroff; ACPI over QMP, then kill, as fallbacks."""
     s.guest.close()
-    wait = qemu.POWEROFF_TIMEOUT[s.accel]
+    wait = qemu.poweroff_timeout(s.accel, arch=s.cfg.arch)
     if s.machine.wait_exit(wait):
         return
     s.progress.warning("the build VM did not power off by itself; pressing the ACPI power button")

@@ -135,11 +135,6 @@ def test_exported_dd_gz_boots_under_seabios_and_ovmf(
 @pytest.mark.slow
 @pytest.mark.vm
 @pytest.mark.root
-@pytest.mark.xfail(
-    strict=True,
-    reason="the build's hygiene step removes /etc/fstab from cloudimg-layout dd outputs, so "
-    "the root stays read-only and cloud-init fails (provision.py: keep it for dd filetypes)",
-)
 def test_built_dd_gz_boots_under_seabios_and_ovmf(base: BaseDisk, tmp_path: Path) -> None:
     out = tmp_path / "bookworm.dd.gz"
     cache = os.environ["IMAGEBUILDER_TEST_CACHE"]
