@@ -127,15 +127,15 @@ def install_disk(cfg: Config, build_dir: Path, progress: Progress) -> BaseDisk:
         else:
             boot, seed, src = _ubuntu_boot(cfg, work, progress, build_id)
         _blank_disk(disk, cfg.machine.disk_size)
-        code, vars_ = qemu.prepare_firmware(cfg.arch, cfg.machine.firmware, work)
-        qmp = stack.enter_context(qemu.short_socket_path(work / "qmp.sock"))
-        spec = qemu.MachineSpec(
-            arch=cfg.arch, accel=accel, disk=disk, serial_log=build_dir / "install-serial.log",
-            qmp_socket=qmp, ssh_port=qemu.free_port(), memory=cfg.machine.memory,
-            cpus=cfg.machine.cpus, firmware=cfg.machine.firmware, firmware_code=code,
-            firmware_vars=vars_, seed=seed, vnc=cfg.machine.vnc,
-            name=f"imagebuilder-{cfg.series}",
-        )  # fmt: skip
+        spec = qemu.build_spec(
+            cfg,
+            accel=accel,
+            disk=disk,
+            serial_log=build_dir / "install-serial.log",
+            qmp_socket=stack.enter_context(qemu.short_socket_path(work / "qmp.sock")),
+            firmware=qemu.prepare_firmware(cfg.arch, cfg.machine.firmware, work),
+            seed=seed,
+        )
         spec = installer.installer_spec(spec, boot, distro=distro)
         with open(log, "a") as fh:
             fh.write(f"qemu: {shlex.join(qemu.qemu_argv(spec))}\n")

@@ -325,7 +325,7 @@ def build_vm(
             cfg.arch, progress, requested=cfg.machine.accel, cache_dir=cfg.source.cache_dir
         )
         timeout = qemu.boot_timeout(accel, cfg.machine.timeout, arch=cfg.arch)
-        code, vars_ = qemu.prepare_firmware(cfg.arch, cfg.machine.firmware, build_dir)
+        firmware = qemu.prepare_firmware(cfg.arch, cfg.machine.firmware, build_dir)
         http_url = None
         if cfg.provision.http_dir is not None:
             port = stack.enter_context(httpserve.serve(cfg.provision.http_dir, log=log.write))
@@ -334,13 +334,15 @@ def build_vm(
         qmp_path = stack.enter_context(qemu.short_socket_path(build_dir / "qmp.sock"))
         console = (lambda line: progress.info(f"console: {line}")) if cfg.machine.console else None
         for attempt in range(3):
-            spec = qemu.MachineSpec(
-                arch=cfg.arch, accel=accel, disk=disk, serial_log=build_dir / "serial.log",
-                qmp_socket=qmp_path, ssh_port=qemu.free_port(), memory=cfg.machine.memory,
-                cpus=cfg.machine.cpus, firmware=cfg.machine.firmware, firmware_code=code,
-                firmware_vars=vars_, seed=seed, vnc=cfg.machine.vnc,
-                name=f"imagebuilder-{cfg.series}",
-            )  # fmt: skip
+            spec = qemu.build_spec(
+                cfg,
+                accel=accel,
+                disk=disk,
+                serial_log=build_dir / "serial.log",
+                qmp_socket=qmp_path,
+                firmware=firmware,
+                seed=seed,
+            )
             log.write(f"qemu: {shlex.join(qemu.qemu_argv(spec))}")
             machine = qemu.Machine(spec, stderr_log=build_dir / "qemu.log", console=console)
             try:

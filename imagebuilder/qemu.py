@@ -28,7 +28,7 @@ from typing import Any
 
 from . import run
 from .accel import cpu_model, probe_accel
-from .config import Firmware
+from .config import Config, Firmware
 from .errors import MachineError
 from .releases import QEMU_ARCH
 
@@ -178,6 +178,27 @@ def prepare_firmware(arch: str, firmware: Firmware, build_dir: Path) -> tuple[Pa
                 with open(p, "r+b") as fh:
                     fh.truncate(AARCH64_PFLASH_SIZE)
     return (code, vars_copy)
+
+
+def build_spec(
+    cfg: Config,
+    *,
+    accel: str,
+    disk: Path,
+    serial_log: Path,
+    qmp_socket: Path,
+    firmware: tuple[Path | None, ...],
+    seed: Path | None,
+) -> MachineSpec:
+    """The build VM ``cfg`` asks for (machine options, ``prepare_firmware``'s files, a free
+    loopback SSH port); the installer and the provisioning VM both start from it."""
+    code, vars_ = firmware
+    return MachineSpec(
+        arch=cfg.arch, accel=accel, disk=disk, serial_log=serial_log, qmp_socket=qmp_socket,
+        ssh_port=free_port(), memory=cfg.machine.memory, cpus=cfg.machine.cpus,
+        firmware=cfg.machine.firmware, firmware_code=code, firmware_vars=vars_, seed=seed,
+        vnc=cfg.machine.vnc, name=f"imagebuilder-{cfg.series}",
+    )  # fmt: skip
 
 
 def free_port() -> int:
