@@ -30,7 +30,7 @@ from .config import Config
 from .errors import CommandError, ConfigError, DownloadError, OfflineError, SourceError
 from .pkgversions import apt_root
 from .progress import Progress
-from .run import run
+from .run import run, spawn
 
 __all__ = ["Netboot", "cached_netboot", "member_paths", "netboot_files", "netboot_package"]
 
@@ -134,10 +134,10 @@ def _apt(env: dict[str, str], cwd: Path, *args: str) -> str:
 
 def _extract(deb: Path, members: dict[str, Path]) -> int:
     """Stream ``members`` of the .deb's data tarball to their paths; the newest mtime."""
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE)
     left = dict(members)
     newest = 0
-    try:
+    argv: list[str | Path] = ["dpkg-deb", "--fsys-tarfile", deb]
+    with spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             for info in tar:
@@ -153,9 +153,6 @@ def _extract(deb: Path, members: dict[str, Path]) -> int:
                 newest = max(newest, int(info.mtime))
                 if not left:
                     break
-    finally:
-        proc.kill()
-        proc.wait()
     if left:
         raise SourceError(
             f"{deb.name} does not hold {', '.join(sorted(left))}",
