@@ -117,6 +117,9 @@ class FakeImage:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    #: listen() backlog: socketserver's default of 5 refuses connections when a client
+    #: (the udeb preflight) opens several at once, which no real mirror does.
+    request_queue_size = 64
     fake: CloudImages
 
 
