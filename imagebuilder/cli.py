@@ -116,6 +116,8 @@ def cmd_build(ns: argparse.Namespace) -> int:
     result = build(cfg, progress=progress, lock=_lock_for(ns, cfg), debug_shell=ns.debug_shell)
     print(f"{result.output}  sha256 {result.sha256}  {result.size} bytes", file=sys.stderr)
     print(f"manifest: {result.manifest}", file=sys.stderr)
+    if ns.test:
+        _deploy_test(ns, result.output, cfg.source.cache_dir, progress)
     if ns.upload:
         return _upload(ns, result.output, progress)
     return EXIT_OK
@@ -331,6 +333,23 @@ def cmd_bundle(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _deploy_test(ns: argparse.Namespace, image: Path, cache: Path | None, pr: Progress) -> None:
+    from .deploy import deploy_test
+
+    result = deploy_test(image, firmware=getattr(ns, "firmware", "both"), curtin=ns.curtin,
+                         cache_dir=cache, progress=pr)  # fmt: skip
+    for r in result.results:
+        print(f"deployed {image.name} on {r.firmware}: curtin {r.curtin_seconds:.0f} s, "
+              f"modules-final SUCCESS {r.deployed_seconds:.0f} s after power-on, "
+              f"ssh {r.user}@ ok; {r.total_seconds:.0f} s in all", file=sys.stderr)  # fmt: skip
+
+
+def cmd_test(ns: argparse.Namespace) -> int:
+    _deploy_test(ns, ns.image, ns.cache_dir, _progress(ns))
+    print(f"OK: {ns.image} deploys with curtin and boots ({ns.firmware})")
+    return EXIT_OK
+
+
 def cmd_diff(ns: argparse.Namespace) -> int:
     from .diff import diff_outputs, render
 
@@ -355,6 +374,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lock": cmd_lock,
     "bundle": cmd_bundle,
     "diff": cmd_diff,
+    "test": cmd_test,
 }
 
 

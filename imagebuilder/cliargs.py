@@ -20,7 +20,7 @@ from .errors import ConfigError
 PROG = "imagebuilder"
 SUBCOMMANDS = (
     "releases", "fetch", "cache", "shell", "export", "inspect", "upload", "maas",
-    "lock", "bundle", "diff",
+    "lock", "bundle", "diff", "test",
 )  # fmt: skip
 
 
@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on a provisioning failure, open a shell on the build VM before cleanup",
     )
+    p.add_argument(
+        "--test",
+        action="store_true",
+        help="deploy the output with the real curtin under BIOS and UEFI and boot it "
+        "(as 'imagebuilder test') before calling it done",
+    )
+    p.add_argument("--curtin", type=Path, metavar="DIR|TARBALL", help="curtin for --test")
     p.add_argument("--upload", action="store_true", help="upload the result to MAAS when built")
     p.add_argument("--name", metavar="custom/NAME", help="MAAS image name for --upload")
     p.add_argument("--title", help="MAAS image title for --upload")
@@ -202,6 +209,23 @@ def build_sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.description = "Check an output the way a MAAS deploy would; exit 1 naming each problem."
         p.add_argument("image", type=Path)
         p.add_argument("--json", action="store_true", help="print facts and problems as JSON")
+    elif cmd == "test":
+        p.description = (
+            "Deploy IMAGE as MAAS does, with the real curtin and no package source reachable, "
+            "then boot the deployed disk: pass = cloud-init modules-final SUCCESS, a login "
+            "prompt and an SSH login with the metadata's key."
+        )
+        p.add_argument("image", type=Path)
+        p.add_argument("--firmware", choices=["bios", "uefi", "both"], default="both")
+        p.add_argument(
+            "--curtin",
+            type=Path,
+            metavar="DIR|TARBALL",
+            help="curtin source tree or tarball (default: $IMAGEBUILDER_CURTIN, else the "
+            "host's curtin package)",
+        )
+        p.add_argument("--cache-dir", type=Path, default=None, help="cache directory")
+        _add_common(p)
     elif cmd == "upload":
         p.description = "Upload an image to MAAS (boot-resources create)."
         p.add_argument("image", type=Path)

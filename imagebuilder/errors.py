@@ -20,6 +20,7 @@ a one-line message, a hint and an exit code.
     ├── DiskError                     reading the finished disk
     ├── ExportError                   writing an output file
     ├── InspectError                  an output would not deploy (lists problems)
+    ├── DeployError                   `imagebuilder test`: curtin or the deployed disk failed
     └── MAASError                     the MAAS API refused or failed
         └── MAASAuthError             MAAS rejected the API key
 """
@@ -135,6 +136,16 @@ class InspectError(ImageBuilderError):
             + "; ".join(self.problems),
             hint=hint,
         )
+
+
+class DeployError(ImageBuilderError):
+    """The deploy test failed: ``stage`` is where (deploy-vm, curtin, boot, login)."""
+
+    def __init__(
+        self, stage: str, message: str, *, hint: str | None = None, details: str = ""
+    ) -> None:
+        self.stage = stage
+        super().__init__(f"{stage}: {message}", hint=hint, details=details)
 
 
 class MAASError(ImageBuilderError):

@@ -13,13 +13,15 @@ This module decides what runs in the guest; it does not read the finished disk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import shlex
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from . import httpserve, qemu, run
@@ -301,9 +303,18 @@ def make_overlay(base: BaseDisk, disk: Path, size: str, log: BuildLog) -> None:
 
 @contextlib.contextmanager
 def build_vm(
-    base: BaseDisk, cfg: Config, build_dir: Path, progress: Progress, log: BuildLog
+    base: BaseDisk,
+    cfg: Config,
+    build_dir: Path,
+    progress: Progress,
+    log: BuildLog,
+    *,
+    spec_changes: Mapping[str, Any] | None = None,
 ) -> Iterator[Session]:
-    """Boot the build VM and log in; everything is torn down when the block exits."""
+    """Boot the build VM and log in; everything is torn down when the block exits.
+
+    ``spec_changes``: MachineSpec fields to change (the deploy test's extra disk and network).
+    """
     build_id = uuid.uuid4().hex[:12]
     keys = BuildKeys.generate(build_id)
     disk = build_dir / "disk.qcow2"
@@ -343,6 +354,7 @@ def build_vm(
                 firmware=firmware,
                 seed=seed,
             )
+            spec = dataclasses.replace(spec, **(spec_changes or {}))
             log.write(f"qemu: {shlex.join(qemu.qemu_argv(spec))}")
             machine = qemu.Machine(spec, stderr_log=build_dir / "qemu.log", console=console)
             try:

@@ -105,6 +105,9 @@ class MachineSpec:
     vnc: bool = False
     name: str = "imagebuilder"
     extra: tuple[str, ...] = field(default=())
+    #: Appended to the user netdev (e.g. ",restrict=on,guestfwd=..."): no package source.
+    net_options: str = ""
+    mac: str | None = None  # the NIC's MAC address (qemu picks one when unset)
 
 
 def _opt(path: Path) -> str:
@@ -140,8 +143,8 @@ def qemu_argv(spec: MachineSpec) -> list[str]:
             "-device", "virtio-blk-pci,drive=seed0",
         ]  # fmt: skip
     argv += [
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
-        "-device", "virtio-net-pci,netdev=net0",
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22{spec.net_options}",
+        "-device", "virtio-net-pci,netdev=net0" + (f",mac={spec.mac}" if spec.mac else ""),
         "-device", "virtio-rng-pci",
         "-serial", f"file:{spec.serial_log}",
         "-qmp", f"unix:{_opt(spec.qmp_socket)},server=on,wait=off",
