@@ -13,6 +13,8 @@ disk that was opened read-only; only :func:`editor` opens one writable.
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob
 import os
 import threading
 from collections.abc import Iterator
@@ -23,7 +25,33 @@ from .disk import DiskInfo
 from .errors import DiskError
 from .parttable import LINUX_FS, Layout, pick_boot, pick_root
 
-HINT = "libguestfs needs python3-guestfs and a working appliance (try libguestfs-test-tool)"
+HINT = (
+    "libguestfs needs python3-guestfs and a kernel in /boot for its appliance "
+    "(try libguestfs-test-tool); as root, --disk-backend loop reads xfs and btrfs without it"
+)
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """Why libguestfs cannot start an appliance here, or None if it should.
+
+    A cheap static check (no launch): the Python binding imports, and supermin has a
+    kernel to build the appliance from (``/boot/vmlinuz-*``, ``$SUPERMIN_KERNEL``) or
+    ``$LIBGUESTFS_PATH`` holds a fixed appliance. Container-style hosts, CI runners and
+    many cloud VMs run a kernel that is not installed in ``/boot``.
+    """
+    try:
+        import guestfs  # noqa: F401
+    except ImportError:
+        return "the libguestfs Python binding (python3-guestfs) is not installed"
+    fixed = os.environ.get("LIBGUESTFS_PATH", "")
+    if any(os.path.exists(os.path.join(d, "README.fixed")) for d in fixed.split(":") if d):
+        return None
+    if os.environ.get("SUPERMIN_KERNEL"):
+        return None
+    if not any(os.access(k, os.R_OK) for k in glob.glob("/boot/vmlinuz-*")):
+        return "there is no readable kernel in /boot for libguestfs to build its appliance from"
+    return None
 
 
 @contextlib.contextmanager

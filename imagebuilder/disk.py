@@ -13,8 +13,9 @@ then reached by one of three backends, always read-only:
   see :mod:`imagebuilder.appliance`); nothing is mounted on the host.
 
 ``auto`` picks loop as root and fuse otherwise for ext2/3/4, guestfs for anything
-else. This module never writes to the image it reads; writes to throwaway
-overlays live in :mod:`imagebuilder.appliance` and :mod:`imagebuilder.export`.
+else, and loop for xfs/btrfs (as root) where libguestfs cannot run. This module
+never writes to the image it reads; writes to throwaway overlays live in
+:mod:`imagebuilder.appliance` and :mod:`imagebuilder.export`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .parttable import Layout, Partition
 from .run import run, spawn, which
 
 EXT = ("ext2", "ext3", "ext4")
+LOOP_FS = ("xfs", "btrfs")  # besides ext*, what a loop mount reads for the auto backend
 
 
 @dataclass(frozen=True)
@@ -258,13 +260,28 @@ def _wait_ready(proc: subprocess.Popen[bytes], sock: Path | None, fuse_file: Pat
     raise DiskError("qemu-storage-daemon did not start within 30 s", hint="check the disk image")
 
 
-def choose_backend(requested: DiskBackend, root: Partition) -> DiskBackend:
-    """The backend for ``root``: as requested, or the fastest that can read it."""
+def choose_backend(
+    requested: DiskBackend, root: Partition, *, guestfs_missing: str | None = None
+) -> DiskBackend:
+    """The backend for ``root``: as requested, or the fastest that can read it.
+
+    ``guestfs_missing`` is why libguestfs cannot run here (None: it can); ``auto``
+    then reads an xfs or btrfs root with a loop mount as root, and otherwise names the
+    cause and the fix.
+    """
     ext = root.fstype in EXT
     if requested is DiskBackend.AUTO:
         if ext:
             return DiskBackend.LOOP if is_root() else DiskBackend.FUSE
-        return DiskBackend.GUESTFS
+        if guestfs_missing is None:
+            return DiskBackend.GUESTFS
+        kind = "an LVM" if root.fstype == "LVM2_member" else f"a {root.fstype or 'unknown'}"
+        if root.fstype in LOOP_FS and is_root():
+            return DiskBackend.LOOP
+        fix = "install a kernel package (apt-get install linux-image-amd64) for libguestfs"
+        if root.fstype in LOOP_FS:
+            fix += ", or run as root to read it with a loop mount"
+        raise DiskError(f"cannot read {kind} root filesystem: {guestfs_missing}", hint=fix)
     if requested is DiskBackend.FUSE and not ext:
         raise DiskError(
             f"fuse2fs cannot read a {root.fstype or 'unknown'} root filesystem",
@@ -276,7 +293,7 @@ def choose_backend(requested: DiskBackend, root: Partition) -> DiskBackend:
                 "--disk-backend loop needs root and loop devices",
                 hint="run as root, or use --disk-backend fuse",
             )
-        if root.fstype not in (*EXT, "xfs", "btrfs"):
+        if root.fstype not in (*EXT, *LOOP_FS):
             raise DiskError(
                 f"a loop mount cannot read a {root.fstype or 'unknown'} root",
                 hint="use --disk-backend guestfs",

@@ -252,7 +252,7 @@ def _export_tar(
     with disk.serve(info, work, fuse=want_fuse) as server:
         layout = server.layout()
         root = disk.find_root(layout)
-        backend = disk.choose_backend(cfg.output.disk_backend, root)
+        backend = _backend(cfg, root, progress)
         facts.root, facts.backend = f"{root.number}:{root.fstype}", backend.value
         if backend is not DiskBackend.GUESTFS:
             if root.needs_recovery:
@@ -264,6 +264,23 @@ def _export_tar(
                 _tar_mounted(view, cfg, base, sink, facts, progress, codec)
             return
     _tar_guestfs(info, layout, cfg, base, work, sink, facts, progress, codec)
+
+
+def _backend(cfg: Config, root: parttable.Partition, progress: Progress) -> DiskBackend:
+    """The disk backend, telling the user when auto falls back from libguestfs."""
+    from . import appliance
+
+    requested = cfg.output.disk_backend
+    missing = None
+    if requested is DiskBackend.AUTO and root.fstype not in disk.EXT:
+        missing = appliance.unavailable_reason()
+    backend = disk.choose_backend(requested, root, guestfs_missing=missing)
+    if missing is not None:
+        progress.info(
+            f"libguestfs cannot run here ({missing}): "
+            f"reading the {root.fstype} root with a loop mount instead"
+        )
+    return backend
 
 
 def _tar_mounted(
@@ -363,6 +380,15 @@ def _export_raw(
     use_debugfs = root.fstype in disk.EXT and cfg.output.disk_backend is not DiskBackend.GUESTFS
     facts.root = f"{root.number}:{root.fstype}"
     facts.backend = "debugfs" if use_debugfs else "guestfs"
+    if not use_debugfs:
+        from . import appliance
+
+        if (missing := appliance.unavailable_reason()) is not None:
+            raise DiskError(
+                f"cannot add /curtin to the {root.fstype} root of a dd image: {missing}",
+                hint="install a kernel package (apt-get install linux-image-amd64) for "
+                "libguestfs, or make a tar output (--filetype tgz)",
+            )
     ov = overlay.create(info, work)
     if use_debugfs:
         if root.needs_recovery:

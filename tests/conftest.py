@@ -1,8 +1,10 @@
 """Test-wide capability checks: one place decides which tests this host can run.
 
 Markers: ``vm`` needs qemu-system (TCG is fine), ``root`` needs root and loop
-devices, ``slow`` is a long real build (``make test-slow``), ``debian_installer``
-needs a Debian mirror that has the installer's components. Skips always say why.
+devices, ``guestfs`` needs a libguestfs appliance that really launches here (probed
+once per run; hosts without a kernel in /boot cannot build one), ``slow`` is a long
+real build (``make test-slow``), ``debian_installer`` needs a Debian mirror that has
+the installer's components. Skips always say why.
 """
 
 from __future__ import annotations
@@ -57,10 +59,35 @@ def _debian_installer_missing() -> str | None:
     return None
 
 
+def _guestfs_missing() -> str | None:
+    """Why no libguestfs appliance launches here: the static check, then a real launch."""
+    from imagebuilder import appliance
+
+    reason = appliance.unavailable_reason()
+    if reason is not None:
+        return reason
+    import guestfs
+
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        if "LIBGUESTFS_BACKEND" not in os.environ:
+            g.set_backend("direct")
+        g.set_backend_settings(["force_tcg"])
+        g.add_drive_scratch(16 << 20)
+        g.launch()
+    except RuntimeError as exc:
+        return f"libguestfs could not launch its appliance ({str(exc).splitlines()[0]})"
+    finally:
+        g.close()
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reasons = {"vm": _vm_missing(), "root": _root_missing()}
     if any("debian_installer" in item.keywords for item in items):
         reasons["debian_installer"] = _debian_installer_missing()
+    if any("guestfs" in item.keywords for item in items):
+        reasons["guestfs"] = _guestfs_missing()
     for item in items:
         for marker, reason in reasons.items():
             if reason and marker in item.keywords:

@@ -131,6 +131,15 @@ def make_disk(path: Path, parts: Sequence[Part], *, fmt: str = "qcow2") -> Path:
             with open(part, "wb") as f:
                 f.truncate(size)
             sh("mkfs.xfs", "-q", "-L", p.label or "root", part)
+            if p.src is not None:  # needs root: fill it through a loop mount
+                mnt = path.parent / "xfs.mnt"
+                mnt.mkdir()
+                sh("mount", "-o", "loop", part, mnt)
+                try:
+                    sh("cp", "-a", f"{p.src}/.", mnt)
+                finally:
+                    sh("umount", mnt)
+                    mnt.rmdir()
             sh(
                 "dd",
                 f"if={part}",

@@ -329,12 +329,82 @@ def test_xfs_root_with_fuse2fs_names_the_guestfs_backend(xfs_disk: Path, tmp_pat
 
 
 @pytest.mark.vm
+@pytest.mark.guestfs
 def test_xfs_root_exports_through_libguestfs(xfs_disk: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.tar.gz"
     res = export_disk(xfs_disk, cfg_for(), base=None, progress=Progress(), output=out)
     assert "guestfs" in res.manifest_path.read_text()
     curtin_extract(out, tmp_path / "t")
     assert os.access(tmp_path / "t/curtin/curtin-hooks", os.X_OK)
+
+
+@pytest.fixture(scope="module")
+def xfs_rich_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("building an xfs root with files needs root (loop mount)")
+    base = tmp_path_factory.mktemp("xfsrich")
+    src = base / "src"
+    src.mkdir()
+    minimal_root(src)
+    (src / "etc/hostname").write_text("xfs-root\n")
+    os.symlink("hostname", src / "etc/hostname.link")
+    return make_disk(base / "xfs.qcow2", [Part(src, 320, fstype="xfs")])
+
+
+def _no_guestfs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagebuilder import appliance
+
+    monkeypatch.setattr(appliance, "unavailable_reason", lambda: "no kernel in /boot (the test)")
+
+
+@pytest.mark.root
+def test_xfs_root_falls_back_to_a_loop_mount_where_libguestfs_cannot_run(
+    xfs_rich_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_guestfs(monkeypatch)
+    notes: list[str] = []
+    out = tmp_path / "x.tar.gz"
+    progress = Progress(lambda ev: notes.append(ev.name) if ev.kind == "info" else None)
+    res = export_disk(xfs_rich_disk, cfg_for(), base=None, progress=progress, output=out)
+    assert any("no kernel in /boot (the test)" in n and "loop mount" in n for n in notes)
+    assert json.loads(res.manifest_path.read_text())["output"]["backend"] == "loop"
+    curtin_extract(out, tmp_path / "t")
+    assert (tmp_path / "t/etc/hostname").read_text() == "xfs-root\n"
+    assert os.readlink(tmp_path / "t/etc/hostname.link") == "hostname"
+    assert os.access(tmp_path / "t/curtin/curtin-hooks", os.X_OK)
+
+
+def test_an_lvm_root_without_libguestfs_names_the_cause_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_guestfs(monkeypatch)
+    raw = make_disk(tmp_path / "lvm.raw", [Part(None, 8, name="pv", fstype="none")], fmt="raw")
+    with open(raw, "r+b") as f:
+        f.seek((2048 * 512) + 512)
+        f.write(b"LABELONE" + bytes(16) + b"LVM2 001")
+    out = tmp_path / "o" / "x.tar.gz"
+    out.parent.mkdir()
+    with pytest.raises(DiskError) as err:
+        export_disk(raw, cfg_for(), base=None, progress=Progress(), output=out)
+    assert err.value.message == "cannot read an LVM root filesystem: no kernel in /boot (the test)"
+    assert err.value.hint is not None and "apt-get install linux-image-amd64" in err.value.hint
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.root
+@pytest.mark.vm
+@pytest.mark.guestfs
+def test_xfs_loop_fallback_export_is_byte_identical_to_libguestfs(
+    xfs_rich_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    via_guestfs = export_disk(
+        xfs_rich_disk, cfg_for(), base=None, progress=Progress(), output=tmp_path / "g.tar.gz"
+    )
+    _no_guestfs(monkeypatch)
+    via_loop = export_disk(
+        xfs_rich_disk, cfg_for(), base=None, progress=Progress(), output=tmp_path / "l.tar.gz"
+    )
+    assert via_loop.sha256 == via_guestfs.sha256
 
 
 @pytest.mark.parametrize(
@@ -458,6 +528,7 @@ def make_lvm_disk(path: Path) -> Path:
 
 @pytest.mark.vm
 @pytest.mark.slow
+@pytest.mark.guestfs
 def test_lvm_dd_export_puts_curtin_on_the_root_lv(tmp_path: Path) -> None:
     from imagebuilder.inspect import inspect_image
 
