@@ -227,7 +227,8 @@ def check_tree(tree: Tree, kind: str, layout: str | None, report: InspectReport)
     hook = tree.entries.get("curtin/curtin-hooks")
     pin = tree.files.get("curtin/CUSTOM_KERNEL", b"").decode(errors="replace").strip() or None
     kernels = [n for n in tree.listdir("boot") if n.startswith(("vmlinuz-", "vmlinux-"))]
-    installed = {p["name"] for p in parse_dpkg_status(tree.files.get("var/lib/dpkg/status", b""))}
+    pkgs = parse_dpkg_status(tree.files.get("var/lib/dpkg/status", b""))
+    installed = {p["name"] for p in pkgs}
     facts["curtin_hooks"] = (
         "absent"
         if hook is None
@@ -259,6 +260,8 @@ def check_tree(tree: Tree, kind: str, layout: str | None, report: InspectReport)
         problems.append(f"/curtin/CUSTOM_KERNEL pins {pin} but /boot has no kernel image")
     if kind == "disk" and not kernels:
         problems.append("dd image without a kernel in /boot: it cannot boot")
+    if kind == "tar" and pkgs:
+        problems += _bootloader_problems(tree, pkgs)
     facts["cloud_init"] = _exists(tree, "bin/cloud-init")
     facts["netplan"] = _exists(tree, "sbin/netplan")
     if not facts["cloud_init"]:
@@ -296,6 +299,33 @@ def check_tree(tree: Tree, kind: str, layout: str | None, report: InspectReport)
         )
     if kind == "disk" and not fstab:
         problems.append("dd image without /etc/fstab entries: curtin keeps the image's own fstab")
+
+
+#: arch -> firmware -> what curtin's hooks apt-get when missing (install_missing_packages;
+#: -signed and shim as MAAS's Ubuntu ephemeral has them); first the grub meta package.
+_CURTIN_WANTS = {
+    "amd64": {"BIOS": ("grub-pc", "grub-pc-bin"),
+              "UEFI": ("grub-efi-amd64", "grub-efi-amd64-bin", "grub-efi-amd64-signed",
+                       "shim-signed", "efibootmgr")},
+    "arm64": {"UEFI": ("grub-efi-arm64", "grub-efi-arm64-bin", "grub-efi-arm64-signed",
+                       "shim-signed", "efibootmgr")},
+}  # fmt: skip
+
+
+def _bootloader_problems(tree: Tree, pkgs: list[dict[str, str]]) -> list[str]:
+    """What curtin would apt-get at deploy, per firmware; /curtin/debs counts for the meta."""
+    arch = next((p["architecture"] for p in pkgs if p["name"] == "dpkg"), "")
+    installed = {p["name"] for p in pkgs}
+    carried = {n.split("_")[0] for n in tree.listdir("curtin/debs") if n.endswith(".deb")}
+    out = []
+    for firmware, wants in _CURTIN_WANTS.get(arch, {}).items():
+        missing = [p for p in wants if p not in installed and not (p == wants[0] and p in carried)]
+        if missing:
+            out.append(
+                f"on a {firmware} machine curtin would apt-get install {' '.join(missing)}: "
+                "the deploy fails where MAAS has no mirror (rebuild with this imagebuilder)"
+            )
+    return out
 
 
 def _manifest(path: Path) -> dict[str, Any] | None:

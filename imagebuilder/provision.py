@@ -235,6 +235,18 @@ def step_kernel(s: Session) -> None:
     )
 
 
+def step_bootloaders(s: Session) -> None:
+    """Both firmwares' grub in the image, the conflicting one as a .deb for the curtin hook."""
+    header = f"IB_OFFLINE={int(s.cfg.source.offline)}\n"
+    script = header.encode() + (SEEDS_DIR / "bootloaders.sh").read_bytes()
+    result = s.guest.run(["sh", "-s"], input=script)
+    for line in result.tail:
+        if line.startswith("bootloaders: warning: "):
+            s.progress.warning(line.removeprefix("bootloaders: warning: "))
+    if result.status != 0:
+        raise s.fail(f"preparing the bootloaders failed (exit {result.status})", result.tail_text())
+
+
 def step_hygiene(s: Session) -> None:
     settings = {
         "IB_USER": BUILD_USER,
@@ -264,6 +276,7 @@ def plan(base: BaseDisk, cfg: Config) -> list[Step]:
     pkg = kernel_package(base, cfg)
     if pkg:
         steps.append(Step("kernel", step_kernel, pkg))
+    steps.append(Step("bootloaders", step_bootloaders))
     steps.append(Step("hygiene", step_hygiene))
     return steps
 

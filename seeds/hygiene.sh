@@ -40,6 +40,19 @@ apt_state() {
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 }
 
+grub_answers() {
+    # grub-pc's postinst runs grub-install on these devices: the build's /dev/vda
+    # does not exist on the machine MAAS deploys to.
+    if command -v debconf-set-selections >/dev/null 2>&1 && installed_pkg grub-pc; then
+        say "debconf: no build-time grub install devices"
+        printf '%s\n' 'grub-pc grub-pc/install_devices multiselect ' \
+            'grub-pc grub-pc/install_devices_disks_changed multiselect ' |
+            debconf-set-selections
+    fi
+}
+
+installed_pkg() { dpkg-query -W -f '${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^[ih]i'; }
+
 cloud_init_state() {
     say "cloud-init: clean instance state and logs"
     if ! cloud-init clean --logs --machine-id 2>/dev/null; then
@@ -203,6 +216,7 @@ fi
 : "${IB_SINCE:=$(awk '/^btime/ {print $2}' /proc/stat)}"
 quiesce
 apt_state
+grub_answers
 cloud_init_state
 ssh_keys
 build_user

@@ -26,10 +26,43 @@ FAKE_CURTIN = {
     "curtin/__init__.py": "",
     "curtin/commands/__init__.py": "",
     "curtin/util.py": """
-import os
+import json, os
+
+def is_uefi_bootable():
+    return os.environ.get("FAKE_UEFI") == "1"
+
+class ChrootableTarget:
+    def __init__(self, target):
+        self.target = target
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return False
+    def subp(self, args, data=None, env=None, **kwargs):
+        with open(os.environ["RECORD"], "a") as f:
+            f.write(json.dumps({"step": "chroot", "argv": args, "target": self.target,
+                                "data": data.decode() if data else None,
+                                "frontend": (env or {}).get("DEBIAN_FRONTEND")}) + "\\n")
+        return "", ""
 
 """
     + CURTIN_UTIL_COMMON,
+    "curtin/distro.py": """
+import os
+
+def get_installed_packages(target=None):
+    try:
+        with open(os.path.join(target, "var/lib/dpkg/status")) as f:
+            text = f.read()
+    except OSError:
+        return set()
+    found = set()
+    for stanza in text.split("\\n\\n"):
+        fields = dict(l.split(": ", 1) for l in stanza.splitlines() if ": " in l)
+        if fields.get("Status") == "install ok installed":
+            found.add(fields["Package"])
+    return found
+""",
     "curtin/config.py": """
 import json
 
@@ -79,9 +112,22 @@ def run_hook(
     *,
     distro: str = "ubuntu",
     pin: str | None = None,
+    uefi: bool = False,
+    packages: tuple[str, ...] = (),
+    debs: tuple[str, ...] = (),
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]], Path]:
     target = tmp_path / "target"
     (target / "curtin").mkdir(parents=True)
+    if packages:
+        status = target / "var/lib/dpkg/status"
+        status.parent.mkdir(parents=True)
+        status.write_text(
+            "".join(f"Package: {p}\nStatus: install ok installed\nArchitecture: amd64\n\n"
+                    for p in ("dpkg", *packages))
+        )  # fmt: skip
+    for deb in debs:
+        (target / "curtin/debs").mkdir(exist_ok=True)
+        (target / "curtin/debs" / deb).write_bytes(b"!<arch>\n")
     (target / "etc").mkdir()
     (target / "etc/os-release").write_text(f'NAME="x"\nID={distro}\n')
     hook = target / "curtin" / HOOK
@@ -100,6 +146,7 @@ def run_hook(
         "OUTPUT_FSTAB": os.fspath(tmp_path / "fstab"),
         "WORKING_DIR": os.fspath(tmp_path / "scratch"),
         "RECORD": os.fspath(record),
+        "FAKE_UEFI": "1" if uefi else "0",
     }
     # Executed directly, through its shebang, as curtin's subp([hook]) does.
     proc = subprocess.run([os.fspath(hook)], env=env, capture_output=True, text=True)
@@ -194,4 +241,59 @@ def test_failure_exits_non_zero(tmp_path: Path, fake_curtin: Path) -> None:
     proc, steps, _ = run_hook(tmp_path, fake_curtin, {"fail": True})
     assert proc.returncode != 0
     assert "simulated failure" in proc.stderr
+    assert [s["step"] for s in steps] == ["builtin_curthooks"]
+
+
+GRUB_PC_DEB = "grub-pc_2.06-13+deb12u2_amd64.deb"
+EFI_IMAGE = ("grub-efi-amd64", "grub-efi-amd64-bin", "grub-pc-bin", "shim-signed")
+
+
+def test_bios_deploy_installs_grub_pc_offline_from_curtin_debs(
+    tmp_path: Path, fake_curtin: Path
+) -> None:
+    proc, steps, target = run_hook(
+        tmp_path, fake_curtin, {}, distro="debian", packages=EFI_IMAGE, debs=(GRUB_PC_DEB,)
+    )
+    assert proc.returncode == 0, proc.stderr
+    chroot = [s for s in steps if s["step"] == "chroot"]
+    assert [c["argv"] for c in chroot] == [
+        ["debconf-set-selections"],
+        ["dpkg", "--remove", "grub-efi-amd64"],
+        ["dpkg", "--install", f"/curtin/debs/{GRUB_PC_DEB}"],
+    ]
+    assert "grub-pc/install_devices multiselect \n" in chroot[0]["data"]
+    assert "install_devices_empty boolean true" in chroot[0]["data"]
+    assert {c["frontend"] for c in chroot[1:]} == {"noninteractive"}
+    assert [s["step"] for s in steps][-1] == "builtin_curthooks"  # after, so it finds grub-pc
+    assert not (target / "curtin").exists()
+
+
+def test_uefi_deploy_of_an_efi_image_installs_nothing(tmp_path: Path, fake_curtin: Path) -> None:
+    proc, steps, _ = run_hook(
+        tmp_path, fake_curtin, {}, distro="debian", uefi=True, packages=EFI_IMAGE,
+        debs=(GRUB_PC_DEB,),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [s["step"] for s in steps] == ["builtin_curthooks"]
+
+
+def test_uefi_deploy_of_a_bios_image_swaps_in_grub_efi(tmp_path: Path, fake_curtin: Path) -> None:
+    deb = "grub-efi-amd64_2.12-1ubuntu7_amd64.deb"
+    proc, steps, _ = run_hook(
+        tmp_path, fake_curtin, {}, uefi=True, packages=("grub-pc", "grub-efi-amd64-bin"),
+        debs=(deb,),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [s["argv"] for s in steps if s["step"] == "chroot"] == [
+        ["dpkg", "--remove", "grub-pc"],
+        ["dpkg", "--install", f"/curtin/debs/{deb}"],
+    ]
+
+
+def test_without_the_deb_the_hook_says_curtin_will_fetch_it(
+    tmp_path: Path, fake_curtin: Path
+) -> None:
+    proc, steps, _ = run_hook(tmp_path, fake_curtin, {}, distro="debian", packages=EFI_IMAGE)
+    assert proc.returncode == 0, proc.stderr
+    assert "grub-pc is not in the image and not in /curtin/debs" in proc.stderr
     assert [s["step"] for s in steps] == ["builtin_curthooks"]

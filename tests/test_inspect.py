@@ -137,3 +137,47 @@ def test_the_manifest_is_checked(dd_image: Path, tmp_path: Path) -> None:
     problems = inspect_image(copy).problems
     assert "the file does not match its manifest's sha256/size" in problems
     assert "the manifest says filetype tgz, the file is ddgz" in problems
+
+
+def _status(*names: str) -> str:
+    return "".join(
+        f"Package: {n}\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n\n"
+        for n in ("dpkg", *names)
+    )
+
+
+EFI_SET = ("grub-efi-amd64", "grub-efi-amd64-bin", "grub-efi-amd64-signed", "shim-signed",
+           "efibootmgr", "grub-pc-bin")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("packages", "debs", "expected"),
+    [
+        (EFI_SET, ("grub-pc_1_amd64.deb",), []),
+        (EFI_SET, (), ["on a BIOS machine curtin would apt-get install grub-pc:"]),
+        (EFI_SET[1:], ("grub-pc_1_amd64.deb",), ["on a UEFI machine curtin would apt-get "
+                                                 "install grub-efi-amd64:"]),
+        (("grub-pc", "grub-pc-bin", "grub-efi-amd64-bin"), ("grub-efi-amd64_1_amd64.deb",),
+         ["on a UEFI machine curtin would apt-get install grub-efi-amd64-signed shim-signed "
+          "efibootmgr:"]),
+    ],
+)  # fmt: skip
+def test_packages_curtin_would_fetch_at_deploy_are_named_per_firmware(
+    tmp_path: Path, packages: tuple[str, ...], debs: tuple[str, ...], expected: list[str]
+) -> None:
+    root = tmp_path / "root"
+    minimal_root(root)
+    (root / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+    (root / "var/lib/dpkg/status").write_text(_status(*packages))
+    out = tmp_path / "x.tar.gz"
+    ov = {
+        "curtin": tarstream.Synthetic(stat.S_IFDIR | 0o755),
+        "curtin/curtin-hooks": tarstream.Synthetic(stat.S_IFREG | 0o750, data=HOOK),
+        "curtin/debs": tarstream.Synthetic(stat.S_IFDIR | 0o755),
+        **{f"curtin/debs/{d}": tarstream.Synthetic(stat.S_IFREG | 0o644, data=b"x") for d in debs},
+    }
+    with open(out, "wb") as f, compress.Compressor(f.write, compress.gzip_codec("fast")) as c:
+        tarstream.write_tree(c, root, epoch=EPOCH, overlay=ov)
+    found = [p for p in inspect_image(out).problems if "curtin would apt-get" in p]
+    assert [p[: len(e)] for p, e in zip(found, expected, strict=False)] == expected
+    assert len(found) == len(expected)

@@ -31,13 +31,13 @@ def _names(base: BaseDisk, cfg: Config) -> list[str]:
 
 def test_ubuntu_cloud_image_plan(tmp_path: Path) -> None:
     cfg = _cfg()
-    assert _names(_base(), cfg) == ["wait-cloud-init", "setup", "hygiene"]
+    assert _names(_base(), cfg) == ["wait-cloud-init", "setup", "bootloaders", "hygiene"]
     assert provision.purges_kernel(_base(), cfg)
     script = tmp_path / "s.sh"
     script.write_text("#!/bin/sh\n")
     cfg = _cfg(customize=str(script), kernel="linux-generic-hwe-22.04")
     steps = provision.plan(_base(), cfg)
-    assert [s.name for s in steps] == ["wait-cloud-init", "setup", "customize", "kernel", "hygiene"]
+    assert [s.name for s in steps] == ["wait-cloud-init", "setup", "customize", "kernel", "bootloaders", "hygiene"]
     assert steps[2].detail == "s.sh" and steps[3].detail == "linux-generic-hwe-22.04"
     assert not provision.purges_kernel(_base(), cfg)  # a kernel was asked for
 
@@ -49,7 +49,7 @@ def test_debian_keeps_its_kernel_and_names_it() -> None:
     assert provision.kernel_package(_base("bootstrap", "linux-image-cloud-amd64"), cfg) == (
         "linux-image-cloud-amd64"
     )
-    assert _names(_base(), cfg) == ["wait-cloud-init", "setup", "kernel", "hygiene"]
+    assert _names(_base(), cfg) == ["wait-cloud-init", "setup", "kernel", "bootloaders", "hygiene"]
     assert provision.kernel_package(
         _base(), _cfg(series="bookworm", kernel="linux-image-rt-amd64")
     ) == ("linux-image-rt-amd64")
