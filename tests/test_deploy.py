@@ -125,6 +125,8 @@ def test_curtin_reason_names_the_failing_command() -> None:
         "curtin's command ['/tmp/target/curtin/curtin-hooks'] failed (exit 1)"
     )
     assert "no reason" in deployvm.curtin_reason(["nothing useful"])
+    later = [*out, "Command: ['sudo', 'lshw']", "Exit code: 127"]  # collecting logs, after
+    assert deployvm.curtin_reason(later) == deployvm.curtin_reason(out)
 
 
 def _get(url: str, *, token: str | None = None, data: bytes | None = None) -> tuple[int, bytes]:

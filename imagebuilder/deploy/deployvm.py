@@ -37,8 +37,8 @@ REGION_ADDRESS = "10.0.2.100"
 #: What the ephemeral environment needs besides the bootstrap base: curtin's Python
 #: dependencies (its vendor README) and the programs its block and extract steps run.
 PACKAGES = (
-    "dosfstools", "efibootmgr", "fdisk", "gdisk", "lvm2", "parted", "python3-attr",
-    "python3-debian", "python3-jsonschema", "python3-oauthlib", "python3-packaging",
+    "dosfstools", "efibootmgr", "fdisk", "file", "gdisk", "lshw", "lvm2", "parted", "python3-apt",
+    "python3-attr", "python3-debian", "python3-jsonschema", "python3-oauthlib", "python3-packaging",
     "python3-pyudev", "python3-yaml", "wget", "xfsprogs",
 )  # fmt: skip
 CURTIN_DIR = "/opt/curtin"
@@ -46,6 +46,7 @@ PATH = f"{CURTIN_DIR}/curtin/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 _COMMAND = re.compile(r"^\s*Command: (\[.*\])\s*$")
 _EXIT = re.compile(r"^\s*Exit code: (\S+)")
 _FAILED = re.compile(r"Installation failed with exception: (.*)$")
+_PY_ERROR = re.compile(r"^\s*(\w+(?:Error|Exception): .*)$")
 #: Reads the deployed root's cloud-init default user (for the SSH login after boot).
 _READ_TARGET = (
     f"SERIAL = {maasconfig.TARGET_SERIAL!r}\n"
@@ -89,18 +90,23 @@ class Installed:
 
 
 def curtin_reason(lines: list[str] | tuple[str, ...]) -> str:
-    """One line from curtin's output: its exception and the command that failed."""
-    command = exit_code = failed = ""
+    """One line from curtin's log: the command that failed first (the innermost; the
+    error-tarfile collection after a failure runs commands of its own), or its exception."""
+    command = exit_code = failed = python = ""
     for line in lines:
-        if m := _COMMAND.match(line):
+        if m := _PY_ERROR.match(line):
+            python = m.group(1).strip()
+        if not command and (m := _COMMAND.match(line)):  # the innermost: printed first
             command = m.group(1)
-        elif m := _EXIT.match(line):
+        elif command and not exit_code and (m := _EXIT.match(line)):
             exit_code = m.group(1)
         elif m := _FAILED.search(line):
             failed = m.group(1).strip()
     if command:
         return f"curtin's command {command} failed" + (f" (exit {exit_code})" if exit_code else "")
-    return f"curtin failed: {failed}" if failed else "curtin failed (no reason on its output)"
+    if failed or python:
+        return f"curtin failed: {failed or python}"
+    return "curtin failed (no reason on its output)"
 
 
 @contextlib.contextmanager
@@ -129,9 +135,12 @@ def deploy_vm(
 
 
 def install(
-    s: provision.Session, *, curtin_tar: Path, config: str, source: str, logs: Path
+    s: provision.Session, *, curtin_tar: Path, config: str, source: str, logs: Path, kept: Path
 ) -> Installed:
-    """Unpack curtin, write the config, run ``curtin install``; fetch its log either way."""
+    """Unpack curtin, write the config, run ``curtin install``; fetch its log either way.
+
+    The logs go to ``logs`` (the work dir); ``kept`` is where they are kept, for the hint.
+    """
     g = s.guest
     g.put_file(curtin_tar, "/tmp/curtin.tar.gz")
     g.put(config.encode(), "/tmp/maas-curtin.json")
@@ -148,8 +157,8 @@ def install(
     if result.status != 0:
         raise DeployError(
             "curtin",
-            curtin_reason(list(text.tail) + list(result.tail)),
-            hint=f"curtin's log: {logs / 'curtin-install.log'}",
+            curtin_reason(list(text.tail) or list(result.tail)),
+            hint=f"curtin's log: {kept / 'curtin-install.log'}",
             details="\n".join(result.tail[-25:]),
         )
     out = g.run(["python3", "-c", _READ_TARGET], quiet=True, tail=5)

@@ -155,7 +155,8 @@ def deploy_one(
             with deployvm.deploy_vm(base, env, work, progress, log, target=target, mac=MAC,
                                     region_port=reg.port) as s:  # fmt: skip
                 done = deployvm.install(s, curtin_tar=curtin_tar, config=config,
-                                        source=source, logs=work)  # fmt: skip
+                                        source=source, logs=work,
+                                        kept=logs / f"deploy-{fw.value}")  # fmt: skip
                 # The deploy VM's own UEFI vars (curtin's boot entry) move with the disk.
                 s.guest.run("sync", tail=1)
                 s.machine.quit()
