@@ -303,7 +303,7 @@ def check_tree(tree: Tree, kind: str, layout: str | None, report: InspectReport)
 
 #: arch -> firmware -> what curtin's hooks apt-get when missing (install_missing_packages;
 #: -signed and shim as MAAS's Ubuntu ephemeral has them); first the grub meta package.
-_CURTIN_WANTS = {
+_CURTIN_WANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "amd64": {"BIOS": ("grub-pc", "grub-pc-bin"),
               "UEFI": ("grub-efi-amd64", "grub-efi-amd64-bin", "grub-efi-amd64-signed",
                        "shim-signed", "efibootmgr")},

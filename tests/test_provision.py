@@ -37,7 +37,14 @@ def test_ubuntu_cloud_image_plan(tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\n")
     cfg = _cfg(customize=str(script), kernel="linux-generic-hwe-22.04")
     steps = provision.plan(_base(), cfg)
-    assert [s.name for s in steps] == ["wait-cloud-init", "setup", "customize", "kernel", "bootloaders", "hygiene"]
+    assert [s.name for s in steps] == [
+        "wait-cloud-init",
+        "setup",
+        "customize",
+        "kernel",
+        "bootloaders",
+        "hygiene",
+    ]
     assert steps[2].detail == "s.sh" and steps[3].detail == "linux-generic-hwe-22.04"
     assert not provision.purges_kernel(_base(), cfg)  # a kernel was asked for
 
