@@ -48,7 +48,15 @@ def _raw(ctx: Context) -> tuple[list[Row], list[Ratio]]:
     return bench_raw(ctx)
 
 
-BENCHES: dict[str, Bench] = {"export": _export, "boot": _boot, "build": _build, "raw": _raw}
+def _deploy(ctx: Context) -> tuple[list[Row], list[Ratio]]:
+    from .deploy import bench_deploy
+
+    return bench_deploy(ctx)
+
+
+BENCHES: dict[str, Bench] = {
+    "export": _export, "boot": _boot, "build": _build, "raw": _raw, "deploy": _deploy,
+}  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
