@@ -6,17 +6,104 @@ lays out ``dists/<suite>/`` the way apt reads it: ``main/binary-<arch>/Packages`
 with the .deb's size and sha256, ``Release`` listing the index's size and sha256,
 and ``InRelease`` clear-signed by the test key. apt (the real one) then verifies the
 whole chain when :mod:`imagebuilder.netboot` downloads from it.
+
+:func:`faults` makes the server misbehave the way real mirrors sometimes do, for
+the first N requests of a path: close the connection without answering, reset it
+(RST), or answer 503. The server itself (:class:`~tests.fakes.cloudimages.CloudImages`)
+is a threading server with daemon threads and a listen backlog of 64, so it never
+refuses the parallel requests of the udeb preflight unless told to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
+import socket
+import struct
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
 
-from .cloudimages import MTIME, CloudImages
+from .cloudimages import MTIME, CloudImages, Hit, _Handler, _Server
+
+Fault = Literal["refuse", "reset", "busy"]
+
+
+class Faults:
+    """What the server does instead of answering the next requests of a path."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[Fault]] = {}
+
+    def add(self, path: str, fault: Fault, times: int = 1) -> None:
+        """The next ``times`` requests (HEAD or GET) for ``path`` meet ``fault``:
+        ``refuse`` closes the connection without a word, ``reset`` aborts it with a
+        TCP RST, ``busy`` answers ``503 Service Unavailable``."""
+        with self._lock:
+            self._pending.setdefault(path, []).extend([fault] * times)
+
+    def take(self, path: str) -> Fault | None:
+        with self._lock:
+            pending = self._pending.get(path)
+            return pending.pop(0) if pending else None
+
+
+class _FaultyServer(_Server):
+    faults: Faults
+
+
+class _FaultyHandler(_Handler):
+    server: _FaultyServer
+
+    def _serve(self, *, head: bool) -> None:
+        path = unquote(urlsplit(self.path).path)
+        fault = self.server.faults.take(path)
+        if fault is None:
+            super()._serve(head=head)
+            return
+        agent = self.headers.get("User-Agent", "")
+        status = 503 if fault == "busy" else 0  # 0: no answer at all
+        self.server.fake._record(
+            Hit(self.command, path, self.headers.get("Range"), status, 0, agent)
+        )
+        if fault == "busy":
+            self._small(503, b"try again later\n")
+            return
+        self.close_connection = True
+        if fault == "reset":  # linger 0: close() sends RST instead of FIN
+            linger = struct.pack("ii", 1, 0)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        else:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.rfile.close()  # the makefile() reference would keep the socket open
+            self.connection.close()
+
+    def _small(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """As the base handler, but no body after a HEAD: the client would read the stray
+        bytes as the next answer on the kept-alive connection, a dropped connection."""
+        if self.command != "HEAD":
+            super()._small(status, body, headers)
+            return
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+
+
+def faults(srv: CloudImages) -> Faults:
+    """The fault table of ``srv``, installed on first use (then used by every request)."""
+    httpd = srv._httpd
+    if not isinstance(getattr(httpd, "faults", None), Faults):
+        httpd.faults = Faults()  # type: ignore[attr-defined]
+        httpd.RequestHandlerClass = _FaultyHandler
+    return httpd.faults  # type: ignore[attr-defined,no-any-return]
 
 
 @dataclass(frozen=True)
