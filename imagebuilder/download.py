@@ -2,9 +2,11 @@
 
 :func:`download` streams a URL into a ``.partial`` file, hashing as it writes, and
 continues with an HTTP ``Range`` request (guarded by ``If-Range``) after a broken
-connection, in this run or the next. Connection and HTTP failures become
-:class:`~imagebuilder.errors.DownloadError` with a hint. Proxies come from the
-environment (requests honours ``HTTP(S)_PROXY``/``NO_PROXY``).
+connection, in this run or the next. Every request to a mirror goes through
+:func:`with_retries`: a refused, reset or timed-out connection and an HTTP 5xx/429
+are tried again after a short, bounded backoff (:data:`RETRY`), a 404 never. What
+still fails becomes :class:`~imagebuilder.errors.DownloadError` with a hint. Proxies
+come from the environment (requests honours ``HTTP(S)_PROXY``/``NO_PROXY``).
 
 This module knows nothing about images, checksum files or signatures, and must not
 rename anything into the cache: ``sources`` decides what a finished file is worth.
@@ -16,8 +18,10 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -33,6 +37,9 @@ TIMEOUT = (15.0, 60.0)  # connect, read (between bytes)
 MAX_ATTEMPTS = 5  # per download, resuming after each broken connection
 SMALL_LIMIT = 8 << 20  # checksum and signature files
 NET_HINT = "check --mirror and HTTP(S)_PROXY/NO_PROXY, or use --offline with a filled cache"
+BUSY = frozenset({429, 500, 502, 503, 504})  # answers worth asking again
+
+T = TypeVar("T")
 
 
 def session() -> requests.Session:
@@ -45,7 +52,11 @@ def session() -> requests.Session:
 def net_error(url: str, exc: Exception) -> DownloadError:
     host = urlsplit(url).netloc
     text = str(exc)
-    m = re.search(r"\[Errno -?\d+\] [^'\")]+|Connection refused|Name or service not known", text)
+    m = re.search(
+        r"\[Errno -?\d+\] [^'\")]+|Connection (?:refused|reset by peer)|Name or service not known"
+        r"|Remote end closed connection without response",
+        text,
+    )
     reason = m.group(0).strip() if m else type(exc).__name__
     if isinstance(exc, requests.exceptions.ProxyError):
         msg = f"the proxy failed for {url}: {reason}"
@@ -66,11 +77,96 @@ def http_error(url: str, resp: requests.Response) -> DownloadError:
     return DownloadError(f"{url}: HTTP {resp.status_code} {resp.reason}", hint=hint)
 
 
+@dataclass(frozen=True)
+class Retry:
+    """How often and how long to wait before asking a mirror again.
+
+    ``attempts`` tries in all, waiting ``first`` seconds after the first failure and
+    twice as long after each next one, at most ``cap``; no new try starts once
+    ``budget`` seconds have passed since the first. ``sleep`` is replaceable for tests.
+    """
+
+    attempts: int = 4
+    first: float = 0.25
+    cap: float = 2.0
+    budget: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+
+
+#: The policy :func:`with_retries` uses unless given another (tests replace it).
+RETRY = Retry()
+
+
+class Busy(Exception):
+    """The mirror answered with a status worth asking again for (:data:`BUSY`)."""
+
+    def __init__(self, resp: requests.Response) -> None:
+        super().__init__(f"HTTP {resp.status_code}")
+        self.resp = resp
+
+
+_TRANSIENT = (
+    Busy,
+    requests.ConnectionError,  # refused, reset, dropped without an answer
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ProtocolError,  # the same, met while reading a body
+    urllib3.exceptions.TimeoutError,
+)
+
+
+def _transient(exc: Exception) -> bool:
+    """A failure another try may not meet: refused, reset, dropped, timed out, busy."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False  # a certificate does not get better by asking again
+    return isinstance(exc, _TRANSIENT)
+
+
+def not_busy(resp: requests.Response) -> requests.Response:
+    """``resp``, unless its status is one to retry: then closed, as :class:`Busy`."""
+    if resp.status_code in BUSY:
+        resp.close()
+        raise Busy(resp)
+    return resp
+
+
+def with_retries(url: str, call: Callable[[], T], *, retry: Retry | None = None) -> T:
+    """``call()`` (one request to ``url``), tried again after a transient failure.
+
+    A persistent one becomes :class:`DownloadError` (:func:`net_error` or, for a
+    :class:`Busy` answer, :func:`http_error`); any other exception passes through at
+    once, so a 404 is asked for only once.
+    """
+    policy = retry or RETRY
+    start = time.monotonic()
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except (requests.RequestException, urllib3.exceptions.HTTPError, Busy) as exc:
+            last = attempt >= policy.attempts or time.monotonic() - start >= policy.budget
+            if last or not _transient(exc):
+                if isinstance(exc, Busy):
+                    raise http_error(url, exc.resp) from exc
+                raise net_error(url, exc) from exc
+        policy.sleep(min(policy.first * 2 ** (attempt - 1), policy.cap))
+        attempt += 1
+
+
+def request(session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
+    """``session.request`` with :data:`TIMEOUT`, through :func:`with_retries`."""
+    return with_retries(
+        url, lambda: not_busy(session.request(method, url, timeout=TIMEOUT, **kwargs))
+    )
+
+
 def get_small(
     session: requests.Session, url: str, *, missing_ok: bool
 ) -> tuple[bytes, Mapping[str, str]] | None:
-    try:
-        with session.get(url, timeout=TIMEOUT, stream=True) as resp:
+    """A small file's bytes and headers (``None`` if absent and ``missing_ok``)."""
+
+    def fetch() -> tuple[bytes, Mapping[str, str]] | None:
+        with not_busy(session.get(url, timeout=TIMEOUT, stream=True)) as resp:
             if missing_ok and resp.status_code in (404, 410):
                 return None
             if resp.status_code >= 400:
@@ -79,8 +175,8 @@ def get_small(
             if len(data) > SMALL_LIMIT:
                 raise DownloadError(f"{url} is larger than {SMALL_LIMIT} bytes", hint=NET_HINT)
             return data, resp.headers
-    except requests.RequestException as exc:
-        raise net_error(url, exc) from exc
+
+    return with_retries(url, fetch)
 
 
 def content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -140,9 +236,11 @@ def download(
 ) -> tuple[dict[str, str], Mapping[str, str]]:
     """Fetch ``url`` into ``part``, resuming with Range; return its digests and headers.
 
-    A broken connection is resumed up to :data:`MAX_ATTEMPTS` times in this call (at
-    once when the last attempt made progress); after that the partial file stays for
-    the next run to resume. ``label`` names the counter.
+    Each request is made through :func:`request` (so a refused connection or a 5xx is
+    retried before it counts); a connection that breaks in the body is resumed up to
+    :data:`MAX_ATTEMPTS` times in this call (at once when the last attempt made
+    progress); after that the partial file stays for the next run to resume.
+    ``label`` names the counter.
     """
     part.parent.mkdir(parents=True, exist_ok=True)
     meta_path = part.with_name(part.name + ".json")
@@ -160,7 +258,7 @@ def download(
             offset = 0
         received, broke = 0, ""
         try:
-            with session.get(url, headers=headers, stream=True, timeout=TIMEOUT) as resp:
+            with request(session, "GET", url, headers=headers, stream=True) as resp:
                 first, total = content_range(resp.headers.get("Content-Range"))
                 if resp.status_code == 416 and offset and total == offset:
                     hasher.catch_up(part, offset)  # finished before, never renamed

@@ -426,8 +426,10 @@ def server_file(tmp: Path, data: bytes) -> Path:
 
 
 def test_unreachable_mirror_is_a_download_error_with_a_hint(
-    tmp_path: Path, progress: Progress
+    tmp_path: Path, progress: Progress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    naps: list[float] = []  # the retry backoff's waits, recorded instead of slept
+    monkeypatch.setattr(download, "RETRY", dataclasses.replace(download.RETRY, sleep=naps.append))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
@@ -438,6 +440,7 @@ def test_unreachable_mirror_is_a_download_error_with_a_hint(
     with pytest.raises(DownloadError, match=f"cannot reach 127.0.0.1:{port}") as err:
         fetch_base_image(cfg, progress)
     assert "--mirror" in (err.value.hint or "") and "--offline" in (err.value.hint or "")
+    assert naps == [0.25, 0.5, 1.0]  # asked four times before giving up
 
 
 def test_missing_image_is_a_download_error(
