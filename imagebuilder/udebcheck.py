@@ -7,8 +7,11 @@ A mirror without those ``.udeb`` files (partial mirrors often skip them) makes t
 installer stop at "Downloading a file failed" after many minutes under TCG.
 :func:`check_mirror` finds that out in seconds: it reads the initrd's own package
 list, the mirror's udeb index, and asks the mirror (HTTP HEAD) for every udeb of
-priority standard or higher the initrd does not already have. This module reads
-and asks; it installs and boots nothing.
+priority standard or higher the initrd does not already have, in parallel: one
+requests session per worker thread (a session is not thread-safe), each HEAD
+retried after a transient failure (:func:`~imagebuilder.download.with_retries`), so
+one dropped connection does not make a busy mirror look unreachable. This module
+reads and asks; it installs and boots nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import concurrent.futures
 import gzip
 import lzma
 import re
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import requests
@@ -84,19 +88,41 @@ def needed_udebs(index: str, have: set[str], abi: str | None) -> dict[str, str]:
 
 
 def missing_files(
-    session: requests.Session, mirror: str, files: Mapping[str, str], *, workers: int = 8
+    mirror: str,
+    files: Mapping[str, str],
+    *,
+    workers: int = 8,
+    new_session: Callable[[], requests.Session] = download.session,
 ) -> list[str]:
-    """Names whose file the mirror does not serve (HTTP HEAD answers 404/410)."""
+    """Names whose file the mirror does not serve (HTTP HEAD answers 404/410).
+
+    Each worker thread asks through its own session from ``new_session``; all are
+    closed before returning. A mirror that stays unreachable or busy for a file
+    after the retries is a :class:`~imagebuilder.errors.DownloadError`."""
+    local = threading.local()
+    sessions: list[requests.Session] = []
+    lock = threading.Lock()
+
+    def own_session() -> requests.Session:
+        s: requests.Session | None = getattr(local, "session", None)
+        if s is None:
+            s = local.session = new_session()
+            with lock:
+                sessions.append(s)
+        return s
 
     def absent(filename: str) -> bool:
-        try:
-            resp = session.head(f"{mirror}/{filename}", timeout=download.TIMEOUT)
-        except requests.RequestException as exc:
-            raise download.net_error(f"{mirror}/{filename}", exc) from exc
+        url = f"{mirror}/{filename}"
+        resp = download.request(own_session(), "HEAD", url, allow_redirects=False)
+        resp.close()
         return resp.status_code in (404, 410)
 
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        flags = list(pool.map(absent, files.values()))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            flags = list(pool.map(absent, files.values()))
+    finally:
+        for s in sessions:
+            s.close()
     return sorted(name for name, gone in zip(files, flags, strict=True) if gone)
 
 
@@ -116,8 +142,8 @@ def check_mirror(mirror: str, suite: str, arch: str, initrd: Path | None) -> int
             )
         index = lzma.decompress(got[0]).decode("utf-8", "replace")
         have, abi = initrd_packages(initrd) if initrd is not None else (set(), None)
-        needed = needed_udebs(index, have, abi)
-        missing = missing_files(session, mirror, needed)
+    needed = needed_udebs(index, have, abi)
+    missing = missing_files(mirror, needed)
     if missing:
         shown = ", ".join(missing[:_SHOWN]) + (", ..." if len(missing) > _SHOWN else "")
         raise SourceError(

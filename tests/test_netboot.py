@@ -3,20 +3,22 @@ the preseed answers, and the installer options' validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import lzma
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
-from imagebuilder import installer, netboot, preseed, udebcheck
+from imagebuilder import download, installer, netboot, preseed, udebcheck
 from imagebuilder.choices import FileType, Firmware, Layout
 from imagebuilder.config import Config, resolve
 from imagebuilder.errors import ConfigError, DownloadError, OfflineError, SourceError
 from imagebuilder.progress import Progress
 from tests.fakes.cloudimages import CloudImages, GpgKeys
-from tests.fakes.debmirror import publish_netboot
+from tests.fakes.debmirror import Fault, faults, publish_netboot
 from tests.fakes.initrd import newc
 
 
@@ -265,6 +267,88 @@ def test_a_mirror_missing_installer_components_is_refused_before_booting(
     assert udebcheck.check_mirror(f"{server.url}/debian/", "bookworm", "amd64", initrd) == 4
     with pytest.raises(SourceError, match="has no installer index for trixie"):
         udebcheck.check_mirror(f"{server.url}/debian", "trixie", "amd64", initrd)
+
+
+UDEB_INDEX = "/debian/dists/bookworm/main/debian-installer/binary-amd64/Packages.xz"
+
+
+def udeb_mirror(server: CloudImages) -> None:
+    """The index and three of the four udebs the fake initrd needs (partman-ext3 lacks)."""
+    server.put(UDEB_INDEX, lzma.compress(udeb_index().encode()))
+    for name in ("grub-installer", "finish-install", "nic-modules-6.1.0-50-amd64-di"):
+        server.put(f"/debian/pool/main/{name}.udeb", b"!<arch>\n")
+
+
+@pytest.fixture
+def naps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits of the retry backoff, recorded instead of slept."""
+    waits: list[float] = []
+    monkeypatch.setattr(download, "RETRY", dataclasses.replace(download.RETRY, sleep=waits.append))
+    return waits
+
+
+def test_the_preflight_verdict_survives_refused_reset_and_busy_first_tries(
+    server: CloudImages, tmp_path: Path, naps: list[float]
+) -> None:
+    udeb_mirror(server)
+    broken: dict[str, Fault] = {
+        UDEB_INDEX: "refuse",
+        "/debian/pool/main/nic-modules-6.1.0-50-amd64-di.udeb": "refuse",
+        "/debian/pool/main/grub-installer.udeb": "reset",
+        "/debian/pool/main/finish-install.udeb": "busy",
+    }
+    for path, fault in broken.items():
+        faults(server).add(path, fault)
+    with pytest.raises(
+        SourceError, match=r"lacks 1 of the 4 installer components .* \(partman-ext3\)"
+    ):
+        udebcheck.check_mirror(f"{server.url}/debian", "bookworm", "amd64", fake_initrd(tmp_path))
+    for path in broken:
+        assert server.count(path) == 2, path  # the failed try, then the answer
+    assert server.count("/debian/pool/main/partman-ext3.udeb") == 1  # a 404 is final
+    assert naps == [0.25] * len(broken)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("refuse", "Remote end closed connection without response"),
+     ("reset", "Connection reset by peer")],
+)  # fmt: skip
+def test_a_udeb_that_never_answers_is_cannot_reach_after_the_retries(
+    server: CloudImages, tmp_path: Path, naps: list[float], fault: Fault, reason: str
+) -> None:
+    udeb_mirror(server)
+    udeb = "/debian/pool/main/nic-modules-6.1.0-50-amd64-di.udeb"
+    faults(server).add(udeb, fault, times=10)
+    with pytest.raises(DownloadError) as err:
+        udebcheck.check_mirror(f"{server.url}/debian", "bookworm", "amd64", fake_initrd(tmp_path))
+    text = str(err.value)
+    assert text.startswith(f"cannot reach 127.0.0.1:{server.url.rsplit(':', 1)[1]}: {reason} ")
+    assert text.endswith(f"({server.url}{udeb})") and "\n" not in text
+    assert server.count(udeb) == download.RETRY.attempts == 4
+    assert naps == [0.25, 0.5, 1.0]
+
+
+def test_each_preflight_worker_asks_through_its_own_session(server: CloudImages) -> None:
+    for i in range(40):
+        server.put(f"/debian/pool/u{i}.udeb", b"!<arch>\n")
+    made: list[requests.Session] = []
+    closed: list[requests.Session] = []
+
+    class Session(requests.Session):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    def new_session() -> requests.Session:
+        made.append(Session())
+        return made[-1]
+
+    files = {f"u{i}": f"pool/u{i}.udeb" for i in range(40)} | {"gone": "pool/gone.udeb"}
+    got = udebcheck.missing_files(f"{server.url}/debian", files, workers=4, new_session=new_session)
+    assert got == ["gone"]
+    assert 1 <= len(made) <= 4 and len({id(s) for s in made}) == len(made)
+    assert closed == made  # each closed afterwards
 
 
 def test_the_real_installer_waiting_on_a_question_is_recognised() -> None:
