@@ -14,12 +14,10 @@ a log, an exception, a progress event or a process argument.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from typing import Any
 from . import releases
 from .errors import ConfigError, ImageBuilderError, MAASError
 from .maas_api import CHUNK_SIZE, MAASClient, api_root
-from .maas_auth import APIKey
+from .maas_auth import APIKey, getpass_prompt, read_api_key
 from .progress import Progress
 
 __all__ = [
@@ -35,6 +33,7 @@ __all__ = [
     "MAASClient",
     "check_name",
     "delete_image",
+    "getpass_prompt",
     "list_images",
     "read_api_key",
     "upload_image",
@@ -56,48 +55,6 @@ _SUFFIXES = (
     (".gz", "ddgz"), (".xz", "ddxz"), (".bz2", "ddbz2"),
     (".img", "ddraw"), (".raw", "ddraw"), (".dd", "ddraw"),
 )  # fmt: skip
-
-
-def read_api_key(
-    api_key_file: Path | None,
-    *,
-    environ: Mapping[str, str],
-    prompt: Callable[[], str] | None,
-) -> str:
-    """The API key from ``--api-key-file`` (explicit wins), ``MAAS_API_KEY``, or ``prompt``."""
-    if api_key_file is not None:
-        try:
-            text = Path(api_key_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the API key file {api_key_file}: {exc.strerror or exc}",
-                hint="give a file holding consumer_key:token_key:token_secret",
-            ) from None
-        source = f"the API key file {api_key_file}"
-    elif environ.get("MAAS_API_KEY", "").strip():
-        text, source = environ["MAAS_API_KEY"], "MAAS_API_KEY"
-    elif prompt is not None:
-        text, source = prompt(), "the prompt"
-    else:
-        raise ConfigError(
-            "no MAAS API key",
-            hint="set MAAS_API_KEY, pass --api-key-file FILE, or run in a terminal to be asked",
-        )
-    try:
-        APIKey.parse(text)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc.message} (from {source})", hint=exc.hint) from None
-    return text.strip()
-
-
-def getpass_prompt() -> str:
-    """Ask for the key without echo (for the CLI's ``prompt=`` when stdin is a terminal)."""
-    if not sys.stdin.isatty():
-        raise ConfigError(
-            "no MAAS API key and no terminal to ask for one",
-            hint="set MAAS_API_KEY or pass --api-key-file FILE",
-        )
-    return getpass.getpass("MAAS API key: ")
 
 
 def check_name(name: str) -> None:
