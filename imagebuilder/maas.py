@@ -3,6 +3,8 @@
 ``upload_image`` turns an image file (and its ``.manifest.json``) into a MAAS boot
 resource: it checks the name, picks filetype, sha256, size, architecture and base
 image, then creates the resource, uploads what MAAS lacks and reads it back.
+Names are compared as MAAS stores them (``maas_name``, ``same_name``: ``custom/x`` is
+kept as ``x`` up to MAAS 3.7), in resume, "already uploaded", list and delete alike.
 Resuming follows what MAAS supports (see ``maas_api``): a re-run finds the uploaded
 resource with the same name, architecture and sha256; a complete file is not sent
 again, an incomplete one is continued on its own ``upload_uri`` from the byte MAAS
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from typing import Any
 
 from . import releases
 from .errors import ConfigError, ImageBuilderError, MAASError
-from .maas_api import CHUNK_SIZE, MAASClient, api_root
+from .maas_api import CHUNK_SIZE, CURRENT_MAAS, MAASClient, api_root
 from .maas_auth import APIKey, getpass_prompt, read_api_key
 from .progress import Progress
 
@@ -33,9 +36,12 @@ __all__ = [
     "MAASClient",
     "check_name",
     "delete_image",
+    "find_image",
     "getpass_prompt",
     "list_images",
+    "maas_name",
     "read_api_key",
+    "same_name",
     "upload_image",
 ]
 
@@ -43,6 +49,12 @@ __all__ = [
 UPLOAD_FILETYPES = (
     "tgz", "tbz", "txz", "ddtgz", "ddtbz", "ddtxz", "ddtar", "ddbz2", "ddgz", "ddxz", "ddraw",
 )  # fmt: skip
+#: MAAS's operating systems (maascommon/osystem OperatingSystemRegistry; onie from 3.8):
+#: each is a reserved name, and the only OS/ prefixes MAAS takes.
+MAAS_OSYSTEMS = ("ubuntu", "ubuntu-core", "bootloader", "centos", "rhel", "custom", "windows",
+                 "suse", "esxi", "ol", "onie")  # fmt: skip
+#: The first MAAS whose BootResourceForm.clean_name keeps ``custom/`` (commit e7eb692ff).
+KEEPS_CUSTOM_PREFIX = (3, 8)
 #: Base image for images whose own distro MAAS cannot name (Debian): an Ubuntu LTS.
 FALLBACK_BASE_IMAGE = "ubuntu/jammy"
 
@@ -57,21 +69,66 @@ _SUFFIXES = (
 )  # fmt: skip
 
 
-def check_name(name: str) -> None:
-    """Refuse names MAAS would take but could not deploy, before any request."""
+def maas_name(name: str, version: tuple[int, ...] = CURRENT_MAAS) -> str:
+    """The name MAAS stores and lists for a custom image uploaded as ``name``.
+
+    MAAS's BootResourceForm.clean_name (maasserver/forms/__init__.py): up to 3.7 a
+    leading ``custom/`` is stripped (``custom/x`` is stored as ``x``), from 3.8 the
+    name is kept as given. Refused here, before any request, is what MAAS refuses on
+    every boot source (an OS name or ``centos`` + 1-2 digits after the prefix, an OS
+    it does not know, more than one ``/``) and what it would not take as a custom
+    image (``ubuntu/*`` fails to deploy; ``centos/*`` etc. are that OS's images).
+    Release names (``jammy``) are reserved by the MAAS's boot sources: its answer says.
+    """
+    hint = "use custom/NAME, e.g. custom/jammy-web"
     if not name or name != name.strip() or any(c.isspace() for c in name):
-        raise ConfigError(f"bad image name {name!r}", hint="use custom/NAME, e.g. custom/jammy-web")
+        raise ConfigError(f"bad image name {name!r}", hint=hint)
     if name.count("/") > 1 or name.startswith("/") or name.endswith("/"):
-        raise ConfigError(
-            f"bad image name {name!r}: MAAS takes NAME or OS/NAME",
-            hint="use custom/NAME, e.g. custom/jammy-web",
-        )
-    if name.split("/")[0] == "ubuntu":
+        raise ConfigError(f"bad image name {name!r}: MAAS takes NAME or OS/NAME", hint=hint)
+    prefix, _, rest = name.rpartition("/")
+    if prefix == "ubuntu":
         raise ConfigError(
             f"refusing the name {name!r}: MAAS treats ubuntu/* as its own Ubuntu images and "
             "deploying it fails with 'has no kernels available'",
-            hint=f"use custom/{name.split('/')[1]} (with --base-image ubuntu/SERIES)",
+            hint=f"use custom/{rest} (with --base-image ubuntu/SERIES)",
         )
+    if prefix not in ("", "custom"):
+        why = f"MAAS would take it as a {prefix} image, not a custom one"
+        if prefix not in MAAS_OSYSTEMS:
+            why = f"MAAS knows no operating system {prefix!r}"
+        raise ConfigError(f"refusing the name {name!r}: {why}", hint=f"use custom/{rest}")
+    if rest in MAAS_OSYSTEMS or re.fullmatch(r"centos\d\d?", rest):
+        raise ConfigError(
+            f'refusing the name {name!r}: MAAS reserves {rest!r} ("{rest} is a reserved name")',
+            hint=hint,
+        )
+    return name if prefix and version >= KEEPS_CUSTOM_PREFIX else rest
+
+
+def check_name(name: str) -> None:
+    """Refuse names MAAS would refuse, or take but could not deploy, before any request."""
+    maas_name(name)
+
+
+def same_name(listed: object, wanted: str) -> bool:
+    """Whether MAAS's ``name`` (as listed) is the custom image ``wanted`` (either spelling).
+
+    ``custom/x`` and ``x`` are one custom image to MAAS: stored as ``x`` up to 3.7,
+    and on 3.8 a bare ``x`` is still OS ``custom``, release ``x``.
+    """
+    if not isinstance(listed, str):
+        return False
+    return listed.removeprefix("custom/") == wanted.removeprefix("custom/")
+
+
+def find_image(
+    client: MAASClient, name: str, architecture: str | None = None
+) -> dict[str, Any] | None:
+    """The uploaded resource ``name`` (either spelling, of ``architecture``), read in full."""
+    for res in client.list_resources("uploaded"):
+        if same_name(res.get("name"), name) and architecture in (None, res.get("architecture")):
+            return client.get(int(res["id"]))
+    return None
 
 
 @dataclass(frozen=True)
@@ -187,7 +244,7 @@ def upload_image(
     keep_old: bool = False,
 ) -> dict[str, Any]:
     """Upload ``image`` as boot resource ``name``; returns the resource as MAAS reads it back."""
-    check_name(name)
+    maas_name(name)
     api_root(maas_url)
     APIKey.parse(api_key)
     image = Path(image)
@@ -212,8 +269,13 @@ def _upload(
     resource_id = -1
     uploaded = client.list_resources("uploaded")
     mine = [
-        r for r in uploaded if (r.get("name"), r.get("architecture")) == (name, facts.architecture)
+        r
+        for r in uploaded
+        if same_name(r.get("name"), name) and r.get("architecture") == facts.architecture
     ]
+    if len(mine) > 1:  # MAAS 3.8 after an older one: x and custom/x; POST reuses the stored
+        stored = maas_name(name, client.version())
+        mine.sort(key=lambda r: r.get("name") != stored)
     if mine:
         existing = client.get(int(mine[0]["id"]))
         old = _newest_file(existing)
@@ -300,7 +362,7 @@ def delete_image(
         doomed = [
             r
             for r in client.list_resources("uploaded")
-            if r.get("name") == name and architecture in (None, r.get("architecture"))
+            if same_name(r.get("name"), name) and architecture in (None, r.get("architecture"))
         ]
         if not doomed:
             raise MAASError(

@@ -232,13 +232,6 @@ class MAASClient:
             raise MAASError(f"MAAS sent an unexpected boot resource {id} from {self.url}")
         return data
 
-    def find_by_name(self, name: str, architecture: str | None = None) -> dict[str, Any] | None:
-        """The uploaded resource called ``name`` (and ``architecture``), read in full."""
-        for res in self.list_resources("uploaded"):
-            if res.get("name") == name and architecture in (None, res.get("architecture")):
-                return self.get(int(res["id"]))
-        return None
-
     # ---- writing ---------------------------------------------------------------
     def delete(self, id: int) -> None:
         self._request("DELETE", f"boot-resources/{int(id)}/", ok=(200, 204))
@@ -298,6 +291,12 @@ class MAASClient:
                 "a custom image for it; or pass --architecture",
             )
         detail = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in errors.items())
+        if "reserved name" in str(errors.get("name")):
+            return MAASError(
+                f"MAAS refused the image: {detail}",
+                hint="MAAS reserves the OS and release names of its image streams "
+                "(custom/ is removed before the check up to MAAS 3.7): pick another NAME",
+            )
         return MAASError(f"MAAS refused the image: {detail}")
 
     def server_bytes(self, rfile: Mapping[str, Any]) -> int:

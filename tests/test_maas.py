@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import shutil
 import time
 import traceback
@@ -98,7 +99,7 @@ def test_upload_300mb_with_manifest(fake: FakeMAAS, tmp_path: Path) -> None:
 
     rfile = newest_file(res)
     assert (res["name"], res["architecture"], res["base_image"]) == (
-        "custom/test", "amd64/generic", "ubuntu/jammy",
+        "test", "amd64/generic", "ubuntu/jammy",
     )  # fmt: skip
     assert (rfile["complete"], rfile["sha256"], rfile["size"]) == (True, sha, size)
     assert rfile["filetype"] == "root-tgz" and res["title"] == "Test image"
@@ -165,6 +166,7 @@ def test_complete_file_is_not_sent_again(fake: FakeMAAS, tmp_path: Path) -> None
     again = [r.method for r in fake.requests[before:]]
     assert again == ["GET", "GET"] and newest_file(res)["filetype"] == "root-txz"
     assert any("already has custom/test" in e.name for e in events if e.kind == "info")
+    assert len(fake.uploaded()) == 1
 
 
 def test_new_content_replaces_old_file(fake: FakeMAAS, tmp_path: Path) -> None:
@@ -185,7 +187,7 @@ def test_same_content_under_another_name(tmp_path: Path, version: str) -> None:
         upload(fake, image, name="custom/one", architecture="amd64/generic")
         sent = len(puts(fake))
         if version == "3.6.0":  # a second file with that sha256 would wreck the first
-            with pytest.raises(MAASError, match="already holds this exact file as custom/one"):
+            with pytest.raises(MAASError, match=r"already holds this exact file as one \(amd64"):
                 upload(fake, image, name="custom/two", architecture="amd64/generic")
             assert [r.method for r in fake.requests].count("POST") == 1
         else:  # LargeFile: MAAS shares the finished content, nothing to send
@@ -244,6 +246,27 @@ def test_key_never_in_logs_progress_or_errors(
         assert secret not in blob
 
 
+# name given -> stored by MAAS 3.6 (3.7 and older alike), by MAAS 3.8; or why refused.
+NAME_RULES = [
+    ("custom/x", "x", "custom/x"),
+    ("x", "x", "x"),
+    ("custom/jammy-web", "jammy-web", "custom/jammy-web"),
+    ("ubuntu/jammy", "has no kernels available", None),
+    ("ubuntu/my-image", "has no kernels available", None),
+    ("centos/x", "a centos image, not a custom one", None),
+    ("debian/x", "no operating system 'debian'", None),
+    ("custom", "reserves 'custom'", None),
+    ("custom/ubuntu", "reserves 'ubuntu'", None),
+    ("ubuntu-core", "reserves 'ubuntu-core'", None),
+    ("centos7", "reserves 'centos7'", None),
+    ("custom/centos80", "reserves 'centos80'", None),
+    ("custom/a/b", "MAAS takes NAME or OS/NAME", None),
+    ("custom/", "MAAS takes NAME or OS/NAME", None),
+    ("", "bad image name", None),
+    ("custom/with space", "bad image name", None),
+]
+
+
 @pytest.mark.parametrize("name", ["ubuntu/jammy", "ubuntu/my-image"])
 def test_ubuntu_name_refused_before_any_request(fake: FakeMAAS, tmp_path: Path, name: str) -> None:
     image = tmp_path / "img.tgz"
@@ -258,10 +281,113 @@ def test_ubuntu_name_refused_before_any_request(fake: FakeMAAS, tmp_path: Path, 
 def test_bad_names_refused_before_any_request(fake: FakeMAAS, tmp_path: Path) -> None:
     image = tmp_path / "img.tgz"
     make_image(image, MiB)
-    for name in ("custom/a/b", "", "custom/with space"):
-        with pytest.raises(ConfigError):
-            upload(fake, image, name=name)
+    for name, _, new in NAME_RULES:
+        if new is None:
+            with pytest.raises(ConfigError):
+                upload(fake, image, name=name)
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(("name", "old", "new"), NAME_RULES)
+def test_maas_name_rules(name: str, old: str, new: str | None) -> None:
+    if new is None:
+        for version in ((3, 6, 0), (3, 8, 0)):
+            with pytest.raises(ConfigError, match=re.escape(old)):
+                maas.maas_name(name, version)
+        return
+    assert maas.maas_name(name, (3, 6, 0)) == maas.maas_name(name, (3, 7, 3)) == old
+    assert maas.maas_name(name, (3, 8, 0)) == new
+    assert maas.same_name(old, name) and maas.same_name(new, name)
+    assert not maas.same_name(old + "2", name) and not maas.same_name(None, name)
+
+
+# What the fake answers to POST name=...: the listed name, or MAAS's error text.
+FAKE_RULES = [
+    ("custom/x", "x", "custom/x"),
+    ("x", "x", "x"),
+    ("custom/noble", "noble is a reserved name", "custom/noble"),  # a cached release
+    ("noble", "noble is a reserved name", "noble is a reserved name"),
+    ("custom/ubuntu", "ubuntu is a reserved name", "custom/ubuntu"),
+    ("custom", "custom is a reserved name", "custom is a reserved name"),
+    ("ubuntu/jammy", "ubuntu/jammy is a reserved name", "ubuntu/jammy is a reserved name"),
+    ("ubuntu/my-image", "ubuntu/my-image", "ubuntu/my-image"),  # taken; fails at deploy
+    ("centos7", "centos7 is a reserved name", "centos7 is a reserved name"),
+    ("custom/centos7", "centos7 is a reserved name", "custom/centos7"),
+    ("onie/x", "Unsupport operating system onie", "onie/x"),
+    ("debian/x", "Unsupport operating system debian", "Unsupport operating system debian"),
+]
+
+
+@pytest.mark.parametrize("version", ["3.6.0", "3.8.0"])
+def test_fake_stores_names_as_maas(tmp_path: Path, version: str) -> None:
+    """The fake against clean_name of MAAS 3.6 (strips custom/) and 3.8 (keeps it)."""
+    kw: dict[str, Any] = {"architecture": "amd64/generic", "size": 10, "filetype": "tgz"}
+    with (
+        FakeMAAS(tmp_path / "store", version=version) as fake,
+        MAASClient(fake.url, DEFAULT_API_KEY) as client,
+    ):
+        for name, old, new in FAKE_RULES:
+            want = old if version == "3.6.0" else new
+            try:
+                res = client.create_resource(name=name, sha256=f"{len(name):064x}", **kw)
+            except MAASError as exc:
+                assert want in exc.message, (name, exc.message)
+                continue
+            assert (res["name"], client.get(res["id"])["name"]) == (want, want), name
+            assert want in [r["name"] for r in client.list_resources("uploaded")]
+        # custom/x and x are one resource up to 3.7 (a POST reuses it), two on 3.8.
+        ids = {r["id"] for r in client.list_resources("uploaded") if maas.same_name(r["name"], "x")}
+        assert len(ids) == (1 if version == "3.6.0" else 2)
+
+
+@pytest.mark.parametrize(
+    ("version", "kill"),
+    [("3.6.0", "server"), ("3.6.0", "client"), ("3.8.0", "client"), ("3.4.0", "server")],
+)
+def test_upload_killed_at_40_percent_resumes(tmp_path: Path, version: str, kill: str) -> None:
+    """Killed at ~40 %, the same command continues at MAAS's byte and ends complete."""
+    image = tmp_path / "web.dd.xz"
+    size = 30 * MiB + 4321
+    sha = make_image(image, size, seed=11)
+    stored = "web" if version < "3.8" else "custom/web"
+    kill_at = 12 * MiB  # 40 % of the file, on a chunk boundary
+
+    def ctrl_c(event: Event) -> None:
+        if event.kind == "counter" and event.name == "upload" and event.data["done"] >= kill_at:
+            raise KeyboardInterrupt
+
+    with FakeMAAS(tmp_path / "store", version=version) as fake:
+        if kill == "server":
+            fake.cut = Cut(after_bytes=kill_at)
+        with pytest.raises((MAASError, KeyboardInterrupt)):
+            maas.upload_image(
+                image, maas_url=fake.url, api_key=DEFAULT_API_KEY, name="custom/web",
+                title=None, architecture="amd64/generic", base_image=None, filetype=None,
+                progress=Progress(ctrl_c) if kill == "client" else Progress(),
+            )  # fmt: skip
+        held = sum(c.length for c in fake.chunks)
+        assert held == kill_at and 0.39 < held / size < 0.41
+        (partial,) = fake.uploaded()
+        assert partial["name"] == stored and newest_file(partial)["complete"] is False
+        body_before = fake.put_body_bytes
+        events: list[Event] = []
+
+        res = upload(fake, image, events, name="custom/web", architecture="amd64/generic")
+
+        assert any(f"resuming custom/web at byte {held} " in e.name for e in events)
+        assert fake.put_body_bytes - body_before == size - held  # nothing re-sent
+        assert [r.method for r in fake.requests].count("POST") == 1
+        (only,) = fake.uploaded()
+        assert only["id"] == res["id"] and res["name"] == stored
+        assert [len(s["files"]) for s in only["sets"].values()] == [1]
+        rfile = newest_file(only)
+        assert (rfile["complete"], rfile["sha256"], rfile["size"]) == (True, sha, size)
+        stored_file = fake.store / rfile["filename_on_disk"]
+        assert hashlib.sha256(stored_file.read_bytes()).hexdigest() == sha
+        kw: dict[str, Any] = {"maas_url": fake.url, "api_key": DEFAULT_API_KEY}
+        assert [r["name"] for r in maas.list_images(**kw)] == [stored]
+        assert [r["id"] for r in maas.delete_image(**kw, name="custom/web")] == [res["id"]]
+        assert fake.uploaded() == [] and not stored_file.exists()
 
 
 def test_unknown_architecture(fake: FakeMAAS, tmp_path: Path) -> None:
@@ -286,7 +412,7 @@ def test_defaults_from_manifest_and_name(fake: FakeMAAS, tmp_path: Path) -> None
     noble = tmp_path / "noble.img.xz"
     make_image(noble, MiB, seed=4)
     write_manifest(noble, config={"arch": "amd64", "series": "noble"}, filetype="ddxz")
-    res = upload(fake, noble, name="custom/noble")
+    res = upload(fake, noble, name="custom/noble-web")
     assert res["base_image"] == "ubuntu/noble" and newest_file(res)["filetype"] == "root-dd.xz"
 
     odd = tmp_path / "image.bin"
@@ -347,21 +473,33 @@ def test_connection_refused_names_url(tmp_path: Path) -> None:
 
 def test_list_and_delete(fake: FakeMAAS, tmp_path: Path) -> None:
     image = tmp_path / "img.tgz"
-    make_image(image, MiB, seed=1)
-    upload(fake, image, name="custom/one", architecture="amd64/generic")
-    make_image(image, MiB, seed=2)
+    for seed, name in enumerate(["custom/one", "custom/two", "three"]):
+        make_image(image, MiB, seed=seed)
+        upload(fake, image, name=name, architecture="amd64/generic")
+    listed = maas.list_images(maas_url=fake.url, api_key=DEFAULT_API_KEY)
+    assert [r["name"] for r in listed] == ["one", "three", "two"]  # as MAAS lists them
+    assert {r["type"] for r in listed} == {"Uploaded"}  # synced ubuntu/* are not listed
+    kw: dict[str, Any] = {"maas_url": fake.url, "api_key": DEFAULT_API_KEY}
+    gone = maas.delete_image(**kw, name="custom/one")
+    assert [r["name"] for r in gone] == ["one"]
+    assert [r["name"] for r in maas.delete_image(**kw, name="two")] == ["two"]
+    assert [r["name"] for r in maas.delete_image(**kw, name="custom/three")] == ["three"]
+    assert fake.uploaded() == []
+    for name in ("custom/one", "one"):
+        with pytest.raises(MAASError, match=f"no uploaded image named {name}$"):
+            maas.delete_image(**kw, name=name)
+
+
+def test_find_image_either_spelling(fake: FakeMAAS, tmp_path: Path) -> None:
+    image = tmp_path / "img.tgz"
+    make_image(image, MiB)
     upload(fake, image, name="custom/two", architecture="amd64/generic")
-    names = [r["name"] for r in maas.list_images(maas_url=fake.url, api_key=DEFAULT_API_KEY)]
-    assert names == ["custom/one", "custom/two"]  # synced ubuntu/* are not listed
-    gone = maas.delete_image(maas_url=fake.url, api_key=DEFAULT_API_KEY, name="custom/one")
-    assert [r["name"] for r in gone] == ["custom/one"]
-    assert [r["name"] for r in fake.uploaded()] == ["custom/two"]
-    with pytest.raises(MAASError, match="no uploaded image named custom/one"):
-        maas.delete_image(maas_url=fake.url, api_key=DEFAULT_API_KEY, name="custom/one")
     with MAASClient(fake.url, DEFAULT_API_KEY) as client:
-        found = client.find_by_name("custom/two")
-        assert found is not None and newest_file(found)["complete"]
-        assert client.find_by_name("custom/one") is None
+        for name in ("custom/two", "two"):
+            found = maas.find_image(client, name, "amd64/generic")
+            assert found is not None and newest_file(found)["complete"]
+        assert maas.find_image(client, "two", "arm64/generic") is None
+        assert maas.find_image(client, "custom/one") is None
 
 
 def test_read_api_key(tmp_path: Path) -> None:
@@ -398,10 +536,14 @@ def test_cli_upload_list_delete(
     assert cli.main(["maas", "list", *args]) == 0
     assert cli.main(["maas", "delete", "custom/cli-test", *args]) == 0
     assert cli.main(["maas", "delete", "custom/cli-test", *args]) == 1
+    assert cli.main([*up, *args]) == 0
+    assert cli.main(["maas", "delete", "cli-test", *args]) == 0
     monkeypatch.setenv("MAAS_API_KEY", "a:b:c")
     assert cli.main(["maas", "list", *args]) == 1
     out = capsys.readouterr()
-    assert "custom/cli-test" in out.out
+    assert "uploaded cli-test (amd64/generic)" in out.out  # MAAS's stored name
+    assert out.out.count("deleted cli-test (amd64/generic)") == 2
+    assert re.search(r"^\s*\d+  cli-test  amd64/generic", out.out, re.M)  # maas list
     assert "MAAS rejected the API key" in out.err
     assert "no uploaded image named custom/cli-test" in out.err
     assert DEFAULT_API_KEY.split(":")[2] not in out.out + out.err

@@ -23,6 +23,15 @@ piston's OAuth checks, ``maasservicelayer/utils/image_local_files.py``,
   So, as in MAAS, a second file with a known sha256 starts at 0 synced bytes over a
   full shared file, and its first chunk gets "Too much data received." and deletes it.
   ``version="3.4.0"`` switches to LargeFile rules (progress = size / bytes).
+* Names as ``BootResourceForm.clean_name`` (``maasserver/forms/__init__.py``) keeps
+  them: MAAS <= 3.7 strips a leading ``custom/`` (``custom/x`` is stored as ``x``);
+  3.8 stores the name as given (commit e7eb692ff, "Avoid stripping custom/"). Then
+  ``x`` must not be a reserved name: an OS (``OperatingSystemRegistry``, ``onie`` from
+  3.8), an ``os/release`` of the boot source cache or either half of one, or
+  ``centos\\d\\d?``. A POST reuses the uploaded resource with the stored name and
+  architecture (``get_existing_resource``); ``boot_resource_to_dict`` in
+  ``maasserver/api/boot_resources.py`` lists and reads ``name`` as stored. Resources
+  are looked up by id only (the list filters by ``type`` alone).
 * Observation and faults for tests: ``requests``, ``chunks`` (what was appended
   where), ``put_body_bytes``; ``cut`` drops the connection during one PUT.
 """
@@ -51,10 +60,12 @@ UPLOAD_FILETYPES = {
     "ddbz2": "root-dd.bz2", "ddgz": "root-dd.gz", "ddxz": "root-dd.xz", "ddraw": "root-dd.raw",
 }  # fmt: skip
 OSYSTEMS = ["ubuntu", "ubuntu-core", "bootloader", "centos", "rhel", "custom", "windows",
-            "suse", "esxi", "ol", "onie"]  # fmt: skip
+            "suse", "esxi", "ol"]  # fmt: skip
 LINUX_OSYSTEMS = ("ubuntu", "centos", "rhel", "ol")
 UBUNTU_SERIES = ("bionic", "focal", "jammy", "noble", "oracular", "plucky", "questing",
                  "resolute")  # fmt: skip
+#: os/release pairs of the images MAAS's boot sources offer (BootSourceCache): reserved.
+BOOT_SOURCE_CACHE = tuple(f"ubuntu/{series}" for series in UBUNTU_SERIES)
 FORBIDDEN_TEXT = (
     "User does not have permission to perform this operation. "
     "The user should have permission 'can_edit_boot_entities'"
@@ -148,6 +159,7 @@ class FakeMAAS:
         version: str = "3.6.0",
         admin: bool = True,
         commissioning: str = "ubuntu/noble",
+        boot_source_cache: tuple[str, ...] = BOOT_SOURCE_CACHE,
     ) -> None:
         self.store = Path(store)
         self.store.mkdir(parents=True, exist_ok=True)
@@ -155,7 +167,11 @@ class FakeMAAS:
         self.architectures = sorted(architectures)
         self.regions = [f"region-{i + 1}" for i in range(regions)]
         self.version = version
-        self.legacy = tuple(int(x) for x in version.split(".")[:2]) < (3, 5)
+        major_minor = tuple(int(x) for x in version.split(".")[:2])
+        self.legacy = major_minor < (3, 5)
+        self.strips_custom = major_minor < (3, 8)  # clean_name before commit e7eb692ff
+        self.osystems = OSYSTEMS + ([] if self.strips_custom else ["onie"])
+        self.boot_source_cache = boot_source_cache
         self.admin = admin
         self.commissioning = commissioning
         self.requests: list[Request] = []
@@ -346,23 +362,7 @@ class FakeMAAS:
         data.setdefault("filetype", "tgz")
         errors: dict[str, list[str]] = {}
         req = "This field is required."
-        name = data.get("name", "")
-        if not name:
-            errors["name"] = [req]
-        else:
-            if "/" in name:
-                parts = name.split("/")
-                if len(parts) != 2:  # MAAS crashes unpacking it
-                    raise _Error(500, "too many values to unpack (expected 2)")
-                if parts[0] not in OSYSTEMS:
-                    errors["name"] = [
-                        f"Unsupport operating system {parts[0]}, supported operating "
-                        f"systems: {OSYSTEMS}"
-                    ]
-            reserved = [n for r in self._resources.values() if r.rtype == 0 for n in [r.name]]
-            reserved += [p for n in reserved for p in n.split("/")] + OSYSTEMS
-            if "name" not in errors and (name in reserved or re.search(r"^centos\d\d?$", name)):
-                errors["name"] = [f"{name} is a reserved name"]
+        name = self._clean_name(data.get("name", ""), errors)
         arch = data.get("architecture", "")
         if not arch:
             errors["architecture"] = [req]
@@ -389,7 +389,7 @@ class FakeMAAS:
             errors["size"] = [req]
         elif not re.fullmatch(r"[+-]?\d+", size_text):
             errors["size"] = ["Enter a whole number."]
-        base = self._clean_base_image(data, errors)
+        base = self._clean_base_image(data, name, errors)
         if errors:
             raise _Error(400, errors)
         size = int(size_text)
@@ -435,9 +435,36 @@ class FakeMAAS:
                 return sha[:n]
         return sha
 
-    def _clean_base_image(self, data: dict[str, str], errors: dict[str, list[str]]) -> str:
-        name = data.get("name", "")
-        if len(name.split("/")) > 1 and name.split("/")[0] != "custom":
+    def _clean_name(self, name: str, errors: dict[str, list[str]]) -> str:
+        """BootResourceForm.clean_name: the name as MAAS stores it, or an error."""
+        if not name:
+            errors["name"] = ["This field is required."]
+            return name
+        if "/" in name:
+            parts = name.split("/")
+            if len(parts) != 2:  # MAAS crashes unpacking it
+                raise _Error(500, "too many values to unpack (expected 2)")
+            if parts[0] == "custom" and self.strips_custom:
+                name = parts[1]
+            elif parts[0] not in self.osystems:
+                errors["name"] = [
+                    f"Unsupport operating system {parts[0]}, supported operating "
+                    f"systems: {self.osystems}"
+                ]
+                return name
+        cache = {*self.boot_source_cache}
+        cache |= {r.name for r in self._resources.values() if r.rtype == 0}
+        reserved = {*cache, *(p for n in cache for p in n.split("/")), *self.osystems}
+        if name in reserved or re.search(r"^centos\d\d?$", name):
+            errors["name"] = [f"{name} is a reserved name"]
+        return name
+
+    def _clean_base_image(
+        self, data: dict[str, str], name: str, errors: dict[str, list[str]]
+    ) -> str:
+        """clean_base_image: tests the name as sent, finds the resource by the cleaned one."""
+        sent = data.get("name", "").split("/")
+        if len(sent) > 1 and sent[0] != "custom":
             return ""
         base = data.get("base_image", "")
         if not base:
