@@ -41,6 +41,8 @@ from .run import run, spawn, which
 
 EXT = ("ext2", "ext3", "ext4")
 LOOP_FS = ("xfs", "btrfs")  # besides ext*, what a loop mount reads for the auto backend
+#: The fix where libguestfs has no kernel to build its appliance from.
+GUESTFS_KERNEL_FIX = "install a kernel package (apt-get install linux-image-amd64) for libguestfs"
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,7 @@ def choose_backend(
         kind = "an LVM" if root.fstype == "LVM2_member" else f"a {root.fstype or 'unknown'}"
         if root.fstype in LOOP_FS and is_root():
             return DiskBackend.LOOP
-        fix = "install a kernel package (apt-get install linux-image-amd64) for libguestfs"
+        fix = GUESTFS_KERNEL_FIX
         if root.fstype in LOOP_FS:
             fix += ", or run as root to read it with a loop mount"
         raise DiskError(f"cannot read {kind} root filesystem: {guestfs_missing}", hint=fix)

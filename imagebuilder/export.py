@@ -386,8 +386,7 @@ def _export_raw(
         if (missing := appliance.unavailable_reason()) is not None:
             raise DiskError(
                 f"cannot add /curtin to the {root.fstype} root of a dd image: {missing}",
-                hint="install a kernel package (apt-get install linux-image-amd64) for "
-                "libguestfs, or make a tar output (--filetype tgz)",
+                hint=f"{disk.GUESTFS_KERNEL_FIX}, or make a tar output (--filetype tgz)",
             )
     ov = overlay.create(info, work)
     if use_debugfs:
