@@ -42,16 +42,16 @@ apt_state() {
 
 grub_answers() {
     # grub-pc's postinst runs grub-install on these devices: the build's /dev/vda
-    # does not exist on the machine MAAS deploys to.
-    if command -v debconf-set-selections >/dev/null 2>&1 && installed_pkg grub-pc; then
+    # does not exist on the machine MAAS deploys to. The answer outlives grub-pc (a
+    # removed, not purged, grub-pc keeps it), so reset it wherever debconf holds it.
+    if command -v debconf-set-selections >/dev/null 2>&1 &&
+        grep -qx 'Name: grub-pc/install_devices' /var/cache/debconf/config.dat 2>/dev/null; then
         say "debconf: no build-time grub install devices"
         printf '%s\n' 'grub-pc grub-pc/install_devices multiselect ' \
             'grub-pc grub-pc/install_devices_disks_changed multiselect ' |
             debconf-set-selections
     fi
 }
-
-installed_pkg() { dpkg-query -W -f '${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^[ih]i'; }
 
 cloud_init_state() {
     say "cloud-init: clean instance state and logs"
