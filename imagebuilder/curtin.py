@@ -8,7 +8,7 @@ top-level ``curtin/`` as the root. This module decides the contents:
   or adds to what the disk has;
 - installer builds (``--layout flat|lvm``): the installer hooks of
   ``curtin_hooks/installer/`` and the ``--packages`` debs
-  (:func:`imagebuilder.installer.installer_hook_files`);
+  (:func:`installer_hook_files`);
 - otherwise the built-in cloud-image hook (top-level ``curtin_hooks/curtin-hooks``)
   unless the disk already carries its own ``/curtin/curtin-hooks``;
 - ``CUSTOM_KERNEL`` naming the kernel package to keep (``--kernel`` or the base's
@@ -21,20 +21,25 @@ output stream (tar) or to a throwaway overlay (dd), never to the build disk.
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import stat
+import tarfile
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from .basedisk import BaseDisk
 from .config import Config, Layout
-from .errors import ExportError
+from .errors import ConfigError, ExportError
 from .resources import data_dir
 
 HOOK = "curtin-hooks"
 PIN = "CUSTOM_KERNEL"
 BUILTIN_DIR = data_dir("curtin_hooks")
+HOOKS_DIR = BUILTIN_DIR / "installer"  # the installer-built images' hooks
+PACKAGES_ARCHIVE = "custom-packages.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,6 @@ def hook_files(cfg: Config, base: BaseDisk | None, existing: Collection[str]) ->
             )
         files = _read_dir(cfg.output.curtin_hooks)
     elif cfg.layout is not Layout.CLOUDIMG:
-        from .installer import installer_hook_files  # installer imports this module
-
         files = installer_hook_files(cfg.output.packages)
     elif HOOK not in existing:
         builtin = BUILTIN_DIR / HOOK
@@ -99,4 +102,40 @@ def hook_files(cfg: Config, base: BaseDisk | None, existing: Collection[str]) ->
     pin = kernel_pin(cfg, base)
     if pin and PIN not in existing and all(f.name != PIN for f in files):
         files.append(HookFile(PIN, f"{pin}\n".encode(), stat.S_IFREG | 0o644))
+    return files
+
+
+def custom_packages_archive(packages_dir: Path) -> bytes:
+    """``--packages DIR``'s ``*.deb`` as a reproducible tar.gz (sorted, root-owned, mtime 0)."""
+    if not packages_dir.is_dir():
+        raise ConfigError(
+            f"--packages {packages_dir} is not a directory", hint="give a directory of .deb files"
+        )
+    debs = sorted(p for p in packages_dir.glob("*.deb") if p.is_file())
+    if not debs:
+        raise ConfigError(f"--packages {packages_dir} has no .deb files", hint="add *.deb files")
+    buf = io.BytesIO()
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for deb in debs:
+            info = tarfile.TarInfo(deb.name)
+            info.size = deb.stat().st_size
+            info.mode, info.uname, info.gname = 0o644, "root", "root"
+            with open(deb, "rb") as fh:
+                tar.addfile(info, fh)
+    return buf.getvalue()
+
+
+def installer_hook_files(packages_dir: Path | None = None) -> list[HookFile]:
+    """/curtin for an installer-built image: the hooks of curtin_hooks/installer/, the debs."""
+    files = [
+        HookFile(p.name, p.read_bytes(), stat.S_IFREG | 0o750)
+        for p in sorted(HOOKS_DIR.iterdir())
+        if p.is_file()
+    ]
+    if packages_dir is not None:
+        data = custom_packages_archive(packages_dir)
+        files.append(HookFile(PACKAGES_ARCHIVE, data, stat.S_IFREG | 0o644))
     return files

@@ -17,13 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
-import io
 import json
 import re
-import stat
 import string
-import tarfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +27,6 @@ from pathlib import Path
 
 from . import iso, qemu, seed
 from .choices import Layout
-from .curtin import BUILTIN_DIR, HookFile
 from .errors import ConfigError, SourceError
 from .releases import Release
 
@@ -40,11 +35,9 @@ __all__ = [
     "InstallerBoot",
     "IsoEntry",
     "autoinstall_layout",
-    "custom_packages_archive",
     "extract_boot_files",
     "find_live_server_iso",
     "installer_args",
-    "installer_hook_files",
     "installer_spec",
     "kernel_cmdline",
     "live_server_dir_url",
@@ -84,8 +77,6 @@ INSTALLER_FATAL = (
 )
 AUTOINSTALL_TEMPLATE = "autoinstall-user-data.yaml.in"
 #: The hooks shipped in /curtin of installer-built images, and the debs archive name.
-HOOKS_DIR = BUILTIN_DIR / "installer"
-PACKAGES_ARCHIVE = "custom-packages.tar.gz"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -255,45 +246,6 @@ def write_autoinstall_seed(
     user_data = render_autoinstall(layout=layout, hostname=hostname, proxy=proxy)
     meta = seed.render_meta_data(instance_id=instance_id, hostname=hostname)
     return seed.write_iso(path, {"user-data": user_data.encode(), "meta-data": meta.encode()})
-
-
-# ---- what goes into /curtin ----------------------------------------------------------------
-
-
-def custom_packages_archive(packages_dir: Path) -> bytes:
-    """``--packages DIR``'s ``*.deb`` as a reproducible tar.gz (sorted, root-owned, mtime 0)."""
-    if not packages_dir.is_dir():
-        raise ConfigError(
-            f"--packages {packages_dir} is not a directory", hint="give a directory of .deb files"
-        )
-    debs = sorted(p for p in packages_dir.glob("*.deb") if p.is_file())
-    if not debs:
-        raise ConfigError(f"--packages {packages_dir} has no .deb files", hint="add *.deb files")
-    buf = io.BytesIO()
-    with (
-        gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for deb in debs:
-            info = tarfile.TarInfo(deb.name)
-            info.size = deb.stat().st_size
-            info.mode, info.uname, info.gname = 0o644, "root", "root"
-            with open(deb, "rb") as fh:
-                tar.addfile(info, fh)
-    return buf.getvalue()
-
-
-def installer_hook_files(packages_dir: Path | None = None) -> list[HookFile]:
-    """/curtin for an installer-built image: the hooks of curtin_hooks/installer/, the debs."""
-    files = [
-        HookFile(p.name, p.read_bytes(), stat.S_IFREG | 0o750)
-        for p in sorted(HOOKS_DIR.iterdir())
-        if p.is_file()
-    ]
-    if packages_dir is not None:
-        data = custom_packages_archive(packages_dir)
-        files.append(HookFile(PACKAGES_ARCHIVE, data, stat.S_IFREG | 0o644))
-    return files
 
 
 # ---- running it ---------------------------------------------------------------------------

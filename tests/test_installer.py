@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from imagebuilder import installer, iso, qemu
+from imagebuilder import curtin, installer, iso, qemu
 from imagebuilder.choices import Layout
 from imagebuilder.config import Firmware
 from imagebuilder.errors import ConfigError, SourceError
@@ -244,9 +244,9 @@ def test_custom_packages_archive_is_reproducible_and_holds_only_debs(tmp_path: P
     (pkgs / "zz_1_all.deb").write_bytes(b"z" * 1000)
     (pkgs / "aa_1_amd64.deb").write_bytes(b"a" * 10)
     (pkgs / "notes.txt").write_text("not a package")
-    first = installer.custom_packages_archive(pkgs)
+    first = curtin.custom_packages_archive(pkgs)
     os.utime(pkgs / "zz_1_all.deb", (1, 1))
-    assert installer.custom_packages_archive(pkgs) == first
+    assert curtin.custom_packages_archive(pkgs) == first
     with tarfile.open(fileobj=io.BytesIO(first), mode="r:gz") as tar:
         members = tar.getmembers()
         assert [m.name for m in members] == ["aa_1_amd64.deb", "zz_1_all.deb"]
@@ -254,13 +254,13 @@ def test_custom_packages_archive_is_reproducible_and_holds_only_debs(tmp_path: P
         extracted = tar.extractfile("zz_1_all.deb")
         assert extracted is not None and extracted.read() == b"z" * 1000
     with pytest.raises(ConfigError, match=r"no \.deb files"):
-        installer.custom_packages_archive(tmp_path)
+        curtin.custom_packages_archive(tmp_path)
 
 
 def test_installer_hook_files(tmp_path: Path) -> None:
-    files = {f.name: f for f in installer.installer_hook_files()}
+    files = {f.name: f for f in curtin.installer_hook_files()}
     assert set(files) == {"curtin-hooks", "install-custom-packages", "setup-bootloader"}
     assert all(f.mode == stat.S_IFREG | 0o750 for f in files.values())
     (tmp_path / "x_1_all.deb").write_bytes(b"x")
-    with_debs = {f.name: f for f in installer.installer_hook_files(tmp_path)}
+    with_debs = {f.name: f for f in curtin.installer_hook_files(tmp_path)}
     assert with_debs["custom-packages.tar.gz"].mode == stat.S_IFREG | 0o644
