@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fmt_default(opt: cfgmod.Option) -> str:
-    d = opt.default()
+    d = cfgmod.default_of(opt)
     if opt.key in ("http_proxy", "https_proxy", "no_proxy"):
         return "from the environment"
     if d is None or d == () or d is False:

@@ -102,6 +102,12 @@ class Config:
         return releases.get(self.series)
 
 
+def default_of(opt: Option) -> Any:
+    """The value ``opt`` has when no layer sets it (the dataclass default)."""
+    holder: Any = Config() if not opt.section else getattr(Config(), opt.section)
+    return getattr(holder, opt.key)
+
+
 def load_toml(path: Path) -> dict[str, Any]:
     """Read a config file into {key: value}, flattening sections."""
     try:

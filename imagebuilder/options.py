@@ -38,12 +38,6 @@ class Option:
     def env(self) -> str:
         return "IMAGEBUILDER_" + self.key.upper()
 
-    def default(self) -> Any:
-        from .config import Config
-
-        holder: Any = Config() if not self.section else getattr(Config(), self.section)
-        return getattr(holder, self.key)
-
 
 _SIZE_RE = re.compile(r"^\d+(\.\d+)?[KMGT]?$", re.I)
 
