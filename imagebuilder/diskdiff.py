@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
-from .diff import CHUNK, READ_ERRORS, Difference, open_decompressed, read_full, unreadable
+from .diffread import CHUNK, READ_ERRORS, Difference, open_decompressed, read_full, unreadable
 
 PAGE = 4096
 SECTOR = 512
