@@ -201,7 +201,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_inspect(ns: argparse.Namespace) -> int:
     import json
 
-    from .inspect import inspect_image
+    from .outputlint import inspect_image
 
     if not ns.image.is_file():
         raise ConfigError(f"image {ns.image} not found", hint="give the path of a built output")

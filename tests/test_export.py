@@ -535,7 +535,7 @@ def make_lvm_disk(path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.guestfs
 def test_lvm_dd_export_puts_curtin_on_the_root_lv(tmp_path: Path) -> None:
-    from imagebuilder.inspect import inspect_image
+    from imagebuilder.outputlint import inspect_image
 
     disk = make_lvm_disk(tmp_path / "lvm.qcow2")
     before = hashlib.sha256(disk.read_bytes()).hexdigest()

@@ -13,7 +13,7 @@ from imagebuilder.config import Config, FileType, OutputConfig
 from imagebuilder.curtin import BUILTIN_DIR
 from imagebuilder.errors import InspectError
 from imagebuilder.export import export_disk
-from imagebuilder.inspect import check_image, inspect_image
+from imagebuilder.outputlint import check_image, inspect_image
 from imagebuilder.progress import Progress
 from tests.diskfactory import EPOCH, Part, make_disk, minimal_root
 

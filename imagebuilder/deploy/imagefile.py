@@ -18,19 +18,15 @@ from pathlib import Path
 
 from ..choices import FileType
 from ..errors import ConfigError
+from ..outputlint import compression
 
 _TAR = {"gzip": FileType.TGZ, "xz": FileType.TXZ, "bzip2": FileType.TBZ}
 _DD = {"gzip": FileType.DDGZ, "xz": FileType.DDXZ, "raw": FileType.DDRAW}
 
 
 def _compression(head: bytes) -> str:
-    if head[:2] == b"\x1f\x8b":
-        return "gzip"
-    if head[:6] == b"\xfd7zXZ\x00":
-        return "xz"
-    if head[:3] == b"BZh":
-        return "bzip2"
-    return "raw"
+    found = compression(head)  # the same magic bytes `inspect` reads
+    return "raw" if found == "none" else found
 
 
 def _open(path: Path, kind: str) -> io.BufferedIOBase:
