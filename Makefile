@@ -22,6 +22,7 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	.venv/bin/lint-imports
 
 # pytest exits 5 when it collected no test; that is not a failure of the run.
 test: lint
