@@ -28,16 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imagebuilder.basedisk import BaseDisk
-from imagebuilder.config import Config
+from imagebuilder.config.tree import Config
 from imagebuilder.errors import ImageBuilderError
+from imagebuilder.sources.basedisk import BaseDisk
 
 from . import disks
 from .common import missing
 from .harness import Context, Ratio, Row, Sample, ratio, run_row
 
 if TYPE_CHECKING:
-    from imagebuilder.keys import BuildKeys
+    from imagebuilder.vm.keys import BuildKeys
 
 BENCH = "boot"
 FLOOR_INTERVAL = 0.1
@@ -49,9 +49,9 @@ BOOT_TIMEOUT = 420
 
 def accelerator() -> str:
     """What the build VM uses here: "kvm", or "tcg (why KVM is not usable)"."""
-    from imagebuilder.accel import probe_accel
-    from imagebuilder.config import Accel
+    from imagebuilder.config.tree import Accel
     from imagebuilder.progress import Event, Progress
+    from imagebuilder.vm.accel import probe_accel
 
     warnings: list[str] = []
 
@@ -151,7 +151,7 @@ class Observer:
     def __enter__(self) -> Observer:
         from unittest import mock
 
-        from imagebuilder import provision, qemu
+        from imagebuilder.vm import provision, qemu
 
         real_keys, real_port = vars(provision)["BuildKeys"], qemu.free_port
         observer = self
@@ -185,9 +185,9 @@ def one_boot(base: BaseDisk, cfg: Config, work: Path) -> dict[str, float]:
     ``floor`` and ``packer`` (their first login that ran ``true``), plus ``prep`` (from
     entering build_vm to qemu start), ``wait_ready`` and the poller attempt counts.
     """
-    from imagebuilder import provision
     from imagebuilder.progress import Progress
-    from imagebuilder.ssh import BuildLog
+    from imagebuilder.vm import provision
+    from imagebuilder.vm.ssh import BuildLog
 
     pollers: list[Poller] = []
     holder: list[Observer] = []
@@ -240,9 +240,9 @@ def one_boot(base: BaseDisk, cfg: Config, work: Path) -> dict[str, float]:
 
 
 def bench_boot(ctx: Context) -> tuple[list[Row], list[Ratio]]:
-    why = missing("imagebuilder.provision", "build_vm", "BuildKeys", "BUILD_USER")
-    why = why or missing("imagebuilder.qemu", "free_port")
-    why = why or missing("imagebuilder.ssh", "Guest", "BuildLog")
+    why = missing("imagebuilder.vm.provision", "build_vm", "BuildKeys", "BUILD_USER")
+    why = why or missing("imagebuilder.vm.qemu", "free_port")
+    why = why or missing("imagebuilder.vm.ssh", "Guest", "BuildLog")
     if why:
         return [Row(BENCH, "imagebuilder", status=f"skipped: {why}")], []
     from imagebuilder.progress import Progress

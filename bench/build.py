@@ -66,8 +66,10 @@ def one_build(ctx: Context, name: str, cache_dir: Path, script: Path) -> Row:
 
 
 def bench_build(ctx: Context) -> tuple[list[Row], list[Ratio]]:
-    why = missing("imagebuilder.pipeline", "build") or missing("imagebuilder.export", "export_disk")
-    why = why or missing("imagebuilder.provision", "provision")
+    why = missing("imagebuilder.pipeline", "build") or missing(
+        "imagebuilder.export.recipe", "export_disk"
+    )
+    why = why or missing("imagebuilder.vm.provision", "provision")
     if why:
         return [Row(BENCH, "whole build", status=f"skipped: {why}")], []
     if os.geteuid() != 0:

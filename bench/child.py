@@ -29,7 +29,7 @@ def self_peak_rss() -> int:
 
 
 def do_export(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    from imagebuilder.export import export_disk
+    from imagebuilder.export.recipe import export_disk
 
     cfg = bench_config(
         Path(args.cache_dir),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuilder import run
-from imagebuilder.basedisk import BaseDisk
+from imagebuilder.sources.basedisk import BaseDisk
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -41,7 +41,7 @@ def cache_dirs() -> list[Path]:
 
 def bench_config(cache_dir: Path, **options: Any) -> Any:
     """The bookworm bootstrap config the benchmarks use (``options`` are CLI-style keys)."""
-    from imagebuilder.config import resolve
+    from imagebuilder.config.tree import resolve
 
     cli: dict[str, Any] = {"series": "bookworm", "base": "bootstrap", "cache_dir": str(cache_dir)}
     cli.update(options)
@@ -50,7 +50,7 @@ def bench_config(cache_dir: Path, **options: Any) -> Any:
 
 def find_base() -> BaseDisk | None:
     """The cached bookworm bootstrap base, if any cache directory has it."""
-    from imagebuilder import bootstrap
+    from imagebuilder.base import bootstrap
 
     for d in cache_dirs():
         cfg = bench_config(d)
@@ -65,7 +65,7 @@ def bench_base(progress: Any) -> BaseDisk:
     found = find_base()
     if found is not None:
         return found
-    from imagebuilder import bootstrap
+    from imagebuilder.base import bootstrap
 
     return bootstrap.bootstrap_base(bench_config(cache_dirs()[0]), progress)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from imagebuilder.basedisk import BaseDisk
+from imagebuilder.sources.basedisk import BaseDisk
 
 from . import disks, reference
 from .common import missing, run_child
@@ -50,7 +50,7 @@ def ours(
 ) -> Row:
     name = f"imagebuilder --compression {level}"
     row = Row(BENCH, name + (f" --disk-backend {backend}" if backend else ""))
-    why = missing("imagebuilder.export", "export_disk")
+    why = missing("imagebuilder.export.recipe", "export_disk")
     if why:
         row.status = f"skipped: {why}"
         return row

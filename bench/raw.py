@@ -60,7 +60,7 @@ def reference(ctx: Context, tool: str, disk: Path) -> Row:
 
 def ours(ctx: Context, level: str, disk: Path) -> Row:
     row = Row(BENCH, f"imagebuilder ddgz --compression {level}")
-    why = missing("imagebuilder.export", "export_disk")
+    why = missing("imagebuilder.export.recipe", "export_disk")
     if why:
         row.status = f"skipped: {why}"
         return row

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Config, resolve
+from .config.tree import Config, resolve
 from .errors import ImageBuilderError
 from .progress import Progress
-
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def resolve_config(values: dict[str, Any], **kwargs: Any) -> Config:

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .basedisk import BaseDisk
-from .config import BaseKind, Config, Layout
+from .base.obtain import obtain_base
+from .config.tree import BaseKind, Config, Layout
 from .errors import ConfigError, ImageBuilderError
-from .lockfile import Lock
 from .progress import Progress
+from .repro.lockfile import Lock
+from .sources.basedisk import BaseDisk
 
 log = logging.getLogger("imagebuilder.pipeline")
 
@@ -45,20 +46,13 @@ def get_base(cfg: Config, progress: Progress, *, lock: Lock | None = None) -> Ba
     download or bootstrap where that can be known, and on the base itself after.
     """
     if lock is not None:
-        from . import lock as locking
+        from .repro import lock as locking
 
         locking.check_locked(cfg, lock)
         cfg = locking.pin_config(cfg, lock)
-    if cfg.source.base is BaseKind.BOOTSTRAP:
-        from .bootstrap import bootstrap_base
-
-        if lock is not None and not cfg.source.offline:
-            locking.check_mirror(cfg, lock, progress)
-        base = bootstrap_base(cfg, progress)
-    else:
-        from .sources import fetch_base_image
-
-        base = fetch_base_image(cfg, progress, refresh=cfg.source.refresh)
+    if lock is not None and cfg.source.base is BaseKind.BOOTSTRAP and not cfg.source.offline:
+        locking.check_mirror(cfg, lock, progress)
+    base = obtain_base(cfg, progress)
     if lock is not None:
         locking.check_base(base, lock)
     return base
@@ -114,8 +108,8 @@ def build(
     an interactive shell on the build VM before it is torn down.
     """
     progress = progress or Progress()
-    from .export import export_disk
-    from .provision import provision
+    from .export.recipe import export_disk
+    from .vm.provision import provision
 
     start = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -129,7 +123,7 @@ def build(
                     "--locked does not cover installer builds yet",
                     hint="lock a --layout cloudimg build, or drop --locked",
                 )
-            from .install import install_disk
+            from .installer.build import install_disk
 
             with progress.stage("install", f"{cfg.series} {cfg.arch} ({cfg.layout.value})"):
                 base = install_disk(cfg, build_dir, progress)
@@ -138,7 +132,7 @@ def build(
         with progress.stage("export", cfg.output.filetype.value):
             result = export_disk(disk, cfg, base=base, progress=progress)
         if lock is not None:
-            from .manifest import amend
+            from .export.manifest import amend
 
             amend(result.manifest_path, "lock", {"digest": lock.digest, "tool": lock.tool_version})
         kept = build_dir if cfg.output.keep_disk else None

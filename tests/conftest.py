@@ -48,10 +48,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def _debian_installer_missing() -> str | None:
     """A real Debian install needs a mirror with the installer's udebs (partial mirrors,
     like the one these machines reach, lack many)."""
-    from imagebuilder import releases, udebcheck
     from imagebuilder.errors import ImageBuilderError
+    from imagebuilder.families import catalogue
+    from imagebuilder.installer import udebcheck
 
-    mirror = releases.get("bookworm").archive_mirror("amd64")
+    mirror = catalogue.get("bookworm").archive_mirror("amd64")
     try:
         udebcheck.check_mirror(mirror, "bookworm", "amd64", None)
     except ImageBuilderError as exc:
@@ -61,7 +62,7 @@ def _debian_installer_missing() -> str | None:
 
 def _guestfs_missing() -> str | None:
     """Why no libguestfs appliance launches here: the static check, then a real launch."""
-    from imagebuilder import appliance
+    from imagebuilder.disk import appliance
 
     reason = appliance.unavailable_reason()
     if reason is not None:

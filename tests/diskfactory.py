@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from imagebuilder.parttable import XBOOTLDR_GUID
+from imagebuilder.disk.parttable import XBOOTLDR_GUID
 
 EPOCH = 1_700_000_000
 OLD = 1_600_000_000  # mtime older than EPOCH: kept

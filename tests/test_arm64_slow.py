@@ -24,9 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import bootstrap, diskimage, qemu
-from imagebuilder.bootstrap import cached_base, emulation_problem, recipe
-from imagebuilder.config import Firmware, resolve
+from imagebuilder.base import bootstrap
+from imagebuilder.base import layout as diskimage
+from imagebuilder.base.bootstrap import cached_base, emulation_problem, recipe
+from imagebuilder.config.tree import Firmware, resolve
+from imagebuilder.vm import qemu
 
 ARM64_ELF = "7f454c460201010000000000000000000200b700"
 MASK = "ffffffffffffff00fffffffffffffffffeffffff"

@@ -65,7 +65,7 @@ def test_ratio_verdicts() -> None:
 
 def test_table_shows_host_rows_reasons_and_verdicts() -> None:
     ok = Row("export", "imagebuilder --compression default", [Sample(2.0, 268_000_000)])
-    skipped = Row("boot", "imagebuilder", status="skipped: imagebuilder.ssh is not there yet")
+    skipped = Row("boot", "imagebuilder", status="skipped: imagebuilder.vm.ssh is not there yet")
     ratios = [
         Ratio("export", "default: speed-up vs packer-maas", 12.5, ">= 5"),
         Ratio("export", "default: size vs packer-maas", 1.2, "<= 1.12"),
@@ -78,7 +78,7 @@ def test_table_shows_host_rows_reasons_and_verdicts() -> None:
     # right-aligned numeric columns end where their header ends
     assert row_line.index("2.00") + 4 == header.index("wall s") + len("wall s")
     assert "268.0" in row_line
-    assert "skipped: imagebuilder.ssh is not there yet" in text
+    assert "skipped: imagebuilder.vm.ssh is not there yet" in text
     assert "12.50x" in text and "target >= 5" in text
     speed = next(ln for ln in lines if "speed-up vs" in ln)
     size = next(ln for ln in lines if "size vs" in ln)
@@ -304,7 +304,7 @@ def test_warm_cache_reads_data_and_skips_holes(tmp_path: Path) -> None:
 
 def test_observer_sees_keys_and_port_and_restores() -> None:
     from bench.boot import Observer
-    from imagebuilder import provision, qemu
+    from imagebuilder.vm import provision, qemu
 
     real_keys, real_port = vars(provision)["BuildKeys"], qemu.free_port
     started: list[float] = []

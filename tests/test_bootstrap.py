@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 
-from imagebuilder import bootstrap, diskimage, releases
-from imagebuilder.bootstrap import Recipe, bootstrap_base, package_set, recipe
-from imagebuilder.config import Config, resolve
+from imagebuilder.base import bootstrap
+from imagebuilder.base import layout as diskimage
+from imagebuilder.base.bootstrap import Recipe, bootstrap_base, package_set, recipe
+from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import BootstrapError, OfflineError
+from imagebuilder.families import catalogue
 from imagebuilder.progress import Event, Progress
 
 
@@ -35,7 +37,7 @@ def cfg_for(series: str = "bookworm", tmp: Path | None = None, **opts: Any) -> C
 
 
 def test_package_set_has_what_a_maas_cloud_image_needs() -> None:
-    pkgs = package_set(releases.get("bookworm"), "amd64")
+    pkgs = package_set(catalogue.get("bookworm"), "amd64")
     for need in (
         "linux-image-amd64",
         "cloud-init",
@@ -59,16 +61,16 @@ def test_package_set_has_what_a_maas_cloud_image_needs() -> None:
 
 
 def test_package_set_follows_release_and_arch() -> None:
-    jammy = package_set(releases.get("jammy"), "amd64")
+    jammy = package_set(catalogue.get("jammy"), "amd64")
     assert "linux-generic" in jammy
     assert "systemd-resolved" not in jammy  # part of systemd before 23.04
-    assert "systemd-resolved" in package_set(releases.get("noble"), "amd64")
-    assert "systemd-resolved" not in package_set(releases.get("bullseye"), "amd64")
-    arm = package_set(releases.get("bookworm"), "arm64")
+    assert "systemd-resolved" in package_set(catalogue.get("noble"), "amd64")
+    assert "systemd-resolved" not in package_set(catalogue.get("bullseye"), "amd64")
+    arm = package_set(catalogue.get("bookworm"), "arm64")
     assert "linux-image-arm64" in arm and "grub-efi-arm64" in arm
     assert "grub-pc-bin" not in arm
     with pytest.raises(BootstrapError):
-        package_set(releases.get("bookworm"), "riscv64")
+        package_set(catalogue.get("bookworm"), "riscv64")
 
 
 def test_extra_packages_are_added_sorted(tmp_path: Path) -> None:
@@ -117,7 +119,7 @@ def test_cache_key_changes_with_the_recipe_version(
 def test_debian_defaults_and_sources(tmp_path: Path) -> None:
     rec = recipe(cfg_for(tmp=tmp_path))
     assert rec.mirror == "http://deb.debian.org/debian"
-    assert rec.keyring == releases.DEBIAN_ARCHIVE_KEYRING
+    assert rec.keyring == catalogue.DEBIAN_ARCHIVE_KEYRING
     assert rec.origin == "mmdebstrap bookworm http://deb.debian.org/debian"
     assert rec.sources() == [
         "deb http://deb.debian.org/debian bookworm main",
@@ -129,15 +131,15 @@ def test_debian_defaults_and_sources(tmp_path: Path) -> None:
 def test_ubuntu_uses_its_archive_keyring_and_components(tmp_path: Path) -> None:
     rec = recipe(cfg_for("jammy", tmp=tmp_path, mirror="http://mirror.lan/ubuntu/"))
     assert rec.mirror == "http://mirror.lan/ubuntu"
-    assert rec.keyring == releases.UBUNTU_ARCHIVE_KEYRING
+    assert rec.keyring == catalogue.UBUNTU_ARCHIVE_KEYRING
     assert rec.kernel == "linux-generic"
     assert rec.sources() == [
         "deb http://mirror.lan/ubuntu jammy main universe",
         "deb http://mirror.lan/ubuntu jammy-updates main universe",
         "deb http://mirror.lan/ubuntu jammy-security main universe",
     ]
-    assert recipe(cfg_for("jammy", tmp=tmp_path)).mirror == releases.UBUNTU_ARCHIVE
-    assert recipe(cfg_for("jammy", tmp=tmp_path, arch="arm64")).mirror == releases.UBUNTU_PORTS
+    assert recipe(cfg_for("jammy", tmp=tmp_path)).mirror == catalogue.UBUNTU_ARCHIVE
+    assert recipe(cfg_for("jammy", tmp=tmp_path, arch="arm64")).mirror == catalogue.UBUNTU_PORTS
 
 
 def test_mmdebstrap_argv(tmp_path: Path) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from imagebuilder import run
-from imagebuilder.basedisk import BaseDisk
-from imagebuilder.bootstrap import bootstrap_base, recipe
-from imagebuilder.config import Config, resolve
+from imagebuilder.base.bootstrap import bootstrap_base, recipe
+from imagebuilder.config.tree import Config, resolve
 from imagebuilder.progress import Progress
+from imagebuilder.sources.basedisk import BaseDisk
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 

@@ -21,12 +21,15 @@ from typing import IO, Any, cast
 import pytest
 import zstandard
 
-from imagebuilder import bootstrap, bundle, cache, lock, sources, unbundle
-from imagebuilder.config import Config, resolve
+from imagebuilder.base import bootstrap
+from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ChecksumError, ConfigError, OfflineError, SignatureError
-from imagebuilder.lock import Lock
 from imagebuilder.progress import Event, Progress
+from imagebuilder.repro import bundle_create as bundle
+from imagebuilder.repro import bundle_import, lock
+from imagebuilder.repro.lock import Lock
 from imagebuilder.run import run
+from imagebuilder.sources import cache, images
 from tests.fakes.cloudimages import CloudImages, FakeImage, GpgKeys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +73,7 @@ def members(path: Path) -> list[tarfile.TarInfo]:
         return list(tar)
 
 
-def offline_cfg(m: Made, cache_dir: Path, res: unbundle.ImportResult) -> Config:
+def offline_cfg(m: Made, cache_dir: Path, res: bundle_import.ImportResult) -> Config:
     return lock.config_from_lock(
         res.lock, {"cache_dir": str(cache_dir), "offline": True, "customize": str(res.customize)}
     )
@@ -95,7 +98,7 @@ def test_cloud_bundle_round_trip_into_a_fresh_cache(
     assert info.sha256 == cache.hash_file(info.path)["sha256"]
 
     fresh = tmp_path / "airgapped"
-    res = unbundle.import_bundle(
+    res = bundle_import.import_bundle(
         info.path, fresh, progress=progress, keyring=made.cfg.source.keyring
     )
     assert res.lock == made.lock and res.lock_path.read_text() == lock.to_toml(made.lock)
@@ -106,7 +109,7 @@ def test_cloud_bundle_round_trip_into_a_fresh_cache(
 
     cfg = offline_cfg(made, fresh, res)
     lock.check_locked(cfg, res.lock)
-    base = sources.fetch_base_image(cfg, progress)
+    base = images.fetch_base_image(cfg, progress)
     assert base.path == cache.blob_path(fresh, made.img.sha256)
     assert base.path.read_bytes() == made.img.data and base.date == made.lock.cloud.date  # type: ignore[union-attr]
     lock.check_base(base, res.lock)
@@ -119,7 +122,7 @@ def test_cloud_bundle_round_trip_into_a_fresh_cache(
 def test_the_bundles_own_keyring_is_used_with_a_warning(
     made: Made, tmp_path: Path, progress: Progress, events: list[Event]
 ) -> None:
-    res = unbundle.import_bundle(made.bundle.path, tmp_path / "c2", progress=progress)
+    res = bundle_import.import_bundle(made.bundle.path, tmp_path / "c2", progress=progress)
     assert "bundle's own keyring" in res.installed[0]
     assert any("proves the bundle is intact" in e.name for e in events if e.kind == "warning")
 
@@ -135,7 +138,7 @@ def test_a_stranger_keyring_rejects_the_bundled_signature(
     )
     fresh = tmp_path / "c3"
     with pytest.raises(SignatureError):
-        unbundle.import_bundle(made.bundle.path, fresh, progress=progress, keyring=stranger)
+        bundle_import.import_bundle(made.bundle.path, fresh, progress=progress, keyring=stranger)
     assert not (fresh / "blobs").exists() and not (fresh / "urls").exists()
 
 
@@ -146,14 +149,14 @@ def test_a_damaged_bundle_installs_nothing(made: Made, tmp_path: Path, progress:
     damaged.write_bytes(bytes(data))
     fresh = tmp_path / "c4"
     with pytest.raises(ChecksumError) as info:
-        unbundle.import_bundle(damaged, fresh, progress=progress)
+        bundle_import.import_bundle(damaged, fresh, progress=progress)
     assert "copy it again" in str(info.value.hint)
     assert sorted(p.name for p in fresh.iterdir()) == []
 
     truncated = tmp_path / "truncated.tar.zst"
     truncated.write_bytes(made.bundle.path.read_bytes()[: 1 << 20])
     with pytest.raises(ChecksumError):
-        unbundle.import_bundle(truncated, fresh, progress=progress)
+        bundle_import.import_bundle(truncated, fresh, progress=progress)
     assert sorted(p.name for p in fresh.iterdir()) == []
 
 
@@ -205,7 +208,7 @@ def test_bootstrap_bundle_ships_the_cached_base(tmp_path: Path, progress: Progre
     )
     assert "keyrings/debian-archive-keyring.gpg" in names
 
-    res = unbundle.import_bundle(info.path, tmp_path / "b", progress=progress)
+    res = bundle_import.import_bundle(info.path, tmp_path / "b", progress=progress)
     cfg = lock.config_from_lock(res.lock, {"cache_dir": str(tmp_path / "b"), "offline": True})
     lock.check_locked(cfg, res.lock)
     base = bootstrap.bootstrap_base(cfg, progress)  # a cache hit: no root, no mirror
@@ -219,7 +222,8 @@ def test_bootstrap_bundle_ships_the_cached_base(tmp_path: Path, progress: Progre
 CHILD = """
 import json, socket, sys
 from pathlib import Path
-from imagebuilder import lock, sources, unbundle
+from imagebuilder.repro import bundle_import, lock
+from imagebuilder.sources import images
 from imagebuilder.progress import Progress
 
 bundle_path, cache_dir, server_port = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
@@ -230,13 +234,13 @@ for host, port in (("127.0.0.1", server_port), ("151.101.2.132", 80)):
         reach[host] = "connected"
     except OSError as exc:
         reach[host] = type(exc).__name__
-res = unbundle.import_bundle(bundle_path, cache_dir, progress=Progress())
+res = bundle_import.import_bundle(bundle_path, cache_dir, progress=Progress())
 found = {}
 for offline in (True, False):  # a cache hit needs no HTTP, even without --offline
     cfg = lock.config_from_lock(res.lock, {"cache_dir": str(cache_dir), "offline": offline,
                                            "customize": str(res.customize)})
     lock.check_locked(cfg, res.lock)
-    base = sources.fetch_base_image(lock.pin_config(cfg, res.lock), Progress())
+    base = images.fetch_base_image(lock.pin_config(cfg, res.lock), Progress())
     lock.check_base(base, res.lock)
     found[str(offline)] = base.sha256
 print(json.dumps({"reach": reach, "found": found}))

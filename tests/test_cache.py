@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from imagebuilder import cache
+from imagebuilder.sources import cache
 
 
 def add_download(root: Path, name: str, url: str, data: bytes, date: int) -> str:

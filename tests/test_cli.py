@@ -34,7 +34,7 @@ def test_bad_option_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_help_documents_every_option_with_default(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    from imagebuilder.config import OPTIONS
+    from imagebuilder.config.tree import OPTIONS
 
     for opt in OPTIONS:
         assert f"--{opt.name}" in out

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.curtin import BUILTIN_DIR, HOOK
+from imagebuilder.export.curtin import BUILTIN_DIR, HOOK
 from tests.fakes.tree import CURTIN_UTIL_COMMON, write_tree
 
 FAKE_CURTIN = {

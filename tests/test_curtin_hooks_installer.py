@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.curtin import BUILTIN_DIR
+from imagebuilder.export.curtin import BUILTIN_DIR
 from tests.fakes.tree import CURTIN_UTIL_COMMON, write_tree
 
 HOOKS = BUILTIN_DIR / "installer"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.choices import FileType, Firmware
+from imagebuilder.config.choices import FileType, Firmware
 from imagebuilder.deploy import curtinsrc, deployvm, imagefile, maasconfig, region
 from imagebuilder.errors import ConfigError
 

@@ -7,7 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from imagebuilder import bootstrap, diskimage
+from imagebuilder.base import bootstrap
+from imagebuilder.base import layout as diskimage
 from imagebuilder.progress import Event, Progress
 
 RELEASE = "Origin: Debian\nSuite: {suite}\nDate: {date}\nValid-Until: never\n"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from imagebuilder.diff import Difference, diff_outputs, render
-from imagebuilder.diskdiff import partition_table
 from imagebuilder.errors import ConfigError
+from imagebuilder.repro.diff_disks import partition_table
+from imagebuilder.repro.diff_outputs import Difference, diff_outputs, render
 from imagebuilder.run import run
 
 MTIME = 1715083200

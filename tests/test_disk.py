@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import disk, parttable
-from imagebuilder.config import DiskBackend
+from imagebuilder.config.tree import DiskBackend
+from imagebuilder.disk import access, parttable
 from imagebuilder.errors import DiskError
 from tests.diskfactory import Part, make_disk, minimal_root, sh, xbootldr
 
@@ -94,20 +94,20 @@ def test_lvm_pv_needs_guestfs(tmp_path: Path) -> None:
     layout = parttable.read_layout(*file_reader(raw))
     root = parttable.pick_root(layout)
     assert root is not None and root.fstype == "LVM2_member"
-    assert disk.choose_backend(DiskBackend.AUTO, root) is DiskBackend.GUESTFS
+    assert access.choose_backend(DiskBackend.AUTO, root) is DiskBackend.GUESTFS
     with pytest.raises(DiskError) as err:
-        disk.choose_backend(DiskBackend.FUSE, root)
+        access.choose_backend(DiskBackend.FUSE, root)
     assert err.value.hint == "use --disk-backend guestfs"
 
 
 def test_backend_choice_for_ext4(monkeypatch: pytest.MonkeyPatch) -> None:
     ext4 = parttable.Partition(1, 0, 1 << 20, "", fstype="ext4")
-    monkeypatch.setattr(disk, "is_root", lambda: True)
-    assert disk.choose_backend(DiskBackend.AUTO, ext4) is DiskBackend.LOOP
-    monkeypatch.setattr(disk, "is_root", lambda: False)
-    assert disk.choose_backend(DiskBackend.AUTO, ext4) is DiskBackend.FUSE
+    monkeypatch.setattr(access, "is_root", lambda: True)
+    assert access.choose_backend(DiskBackend.AUTO, ext4) is DiskBackend.LOOP
+    monkeypatch.setattr(access, "is_root", lambda: False)
+    assert access.choose_backend(DiskBackend.AUTO, ext4) is DiskBackend.FUSE
     with pytest.raises(DiskError, match="needs root"):
-        disk.choose_backend(DiskBackend.LOOP, ext4)
+        access.choose_backend(DiskBackend.LOOP, ext4)
 
 
 @pytest.mark.parametrize("fmt", ["qcow2", "raw", "vmdk", "vhdx"])
@@ -115,11 +115,11 @@ def test_serve_reads_any_qemu_format(tmp_path: Path, fmt: str) -> None:
     src = tmp_path / "src"
     minimal_root(src)
     path = make_disk(tmp_path / f"d.{fmt}", [Part(src, 24), xbootldr(None)], fmt=fmt)
-    info = disk.probe(path)
+    info = access.probe(path)
     assert info.format == fmt and info.virtual_size == 43 << 20
-    with disk.serve(info, tmp_path) as server:
+    with access.serve(info, tmp_path) as server:
         layout = server.layout()
-    root = disk.find_root(layout)
+    root = access.find_root(layout)
     assert (root.number, root.start, root.fstype) == (1, 1 << 20, "ext4")
 
 
@@ -127,7 +127,7 @@ def test_serve_reads_any_qemu_format(tmp_path: Path, fmt: str) -> None:
 def test_mounts_are_read_only_and_leave_the_chain_untouched(
     tmp_path: Path, backend: DiskBackend
 ) -> None:
-    if backend is DiskBackend.LOOP and not disk.is_root():
+    if backend is DiskBackend.LOOP and not access.is_root():
         pytest.skip("loop mounts need root")
     src = tmp_path / "src"
     minimal_root(src)
@@ -138,13 +138,13 @@ def test_mounts_are_read_only_and_leave_the_chain_untouched(
     top = tmp_path / "top.qcow2"
     sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top)
     digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, top)}
-    info = disk.probe(top)
+    info = access.probe(top)
     assert info.backing is not None and info.backing.endswith("base.qcow2")
     work = tmp_path / "work"
     work.mkdir()
-    with disk.serve(info, work, fuse=True) as server:
+    with access.serve(info, work, fuse=True) as server:
         layout = server.layout()
-        with disk.mount_root(server, layout, backend, work) as view:
+        with access.mount_root(server, layout, backend, work) as view:
             assert (view.root / "etc/os-release").read_text().startswith("ID=ubuntu")
             assert view.boot is not None and (view.boot / "vmlinuz-1").read_text() == "k"
             with pytest.raises(OSError):
@@ -165,7 +165,7 @@ def test_unclean_journal_is_detected(tmp_path: Path) -> None:
 
 def test_missing_disk_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DiskError, match="does not exist"):
-        disk.probe(tmp_path / "nope.qcow2")
+        access.probe(tmp_path / "nope.qcow2")
 
 
 BOOT_UUID = "5b7e8a2c-2a51-4d7e-9a0c-0f1e2d3c4b5a"
@@ -214,9 +214,9 @@ def test_separate_boot_from_fstab_is_mounted_beside_root(tmp_path: Path) -> None
     )
     work = tmp_path / "w"
     work.mkdir()
-    with disk.serve(disk.probe(path), work, fuse=True) as server:
+    with access.serve(access.probe(path), work, fuse=True) as server:
         layout = server.layout()
-        with disk.mount_root(server, layout, DiskBackend.LOOP, work) as view:
+        with access.mount_root(server, layout, DiskBackend.LOOP, work) as view:
             assert view.boot is not None and (view.boot / "vmlinuz-9").read_text() == "k"
 
 
@@ -226,8 +226,8 @@ def test_reads_inside_a_mounted_root_never_follow_symlinks(tmp_path: Path) -> No
     (root / "etc/fstab").symlink_to("/etc/hostname")
     (root / "var").symlink_to("/var")
     (root / "etc/real").write_text("x")
-    assert disk.read_in_root(root, "etc/real") == b"x"
-    assert disk.read_in_root(root, "etc/fstab") is None
-    assert disk.read_in_root(root, "var/lib/dpkg/status") is None
-    assert disk.listdir_in_root(root, "var") is None
-    assert disk.listdir_in_root(root, "etc") == ["fstab", "real"]
+    assert access.read_in_root(root, "etc/real") == b"x"
+    assert access.read_in_root(root, "etc/fstab") is None
+    assert access.read_in_root(root, "var/lib/dpkg/status") is None
+    assert access.listdir_in_root(root, "var") is None
+    assert access.listdir_in_root(root, "etc") == ["fstab", "real"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagebuilder.config import OPTIONS
+from imagebuilder.config.tree import OPTIONS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

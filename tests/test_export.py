@@ -21,9 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import compress, manifest
-from imagebuilder.basedisk import BaseDisk
-from imagebuilder.config import (
+from imagebuilder.config.tree import (
     Compression,
     Config,
     DiskBackend,
@@ -32,10 +30,12 @@ from imagebuilder.config import (
     OutputConfig,
     ProvisionConfig,
 )
-from imagebuilder.curtin import BUILTIN_DIR
 from imagebuilder.errors import DiskError, ExportError
-from imagebuilder.export import AtomicOutput, default_output, export_disk
+from imagebuilder.export import compress, manifest
+from imagebuilder.export.curtin import BUILTIN_DIR
+from imagebuilder.export.recipe import AtomicOutput, default_output, export_disk
 from imagebuilder.progress import Event, Progress
+from imagebuilder.sources.basedisk import BaseDisk
 from tests.diskfactory import (
     EPOCH,
     NEW,
@@ -352,7 +352,7 @@ def xfs_rich_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _no_guestfs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from imagebuilder import appliance
+    from imagebuilder.disk import appliance
 
     monkeypatch.setattr(appliance, "unavailable_reason", lambda: "no kernel in /boot (the test)")
 
@@ -535,7 +535,7 @@ def make_lvm_disk(path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.guestfs
 def test_lvm_dd_export_puts_curtin_on_the_root_lv(tmp_path: Path) -> None:
-    from imagebuilder.outputlint import inspect_image
+    from imagebuilder.export.outputlint import inspect_image
 
     disk = make_lvm_disk(tmp_path / "lvm.qcow2")
     before = hashlib.sha256(disk.read_bytes()).hexdigest()
@@ -571,7 +571,7 @@ def test_lvm_dd_export_puts_curtin_on_the_root_lv(tmp_path: Path) -> None:
 
 
 def test_manifest_amend_keeps_the_rest(tmp_path: Path) -> None:
-    from imagebuilder.manifest import amend
+    from imagebuilder.export.manifest import amend
 
     m = tmp_path / "x.tar.gz.manifest.json"
     m.write_text('{"output": {"sha256": "ab"}}\n')

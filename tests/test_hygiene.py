@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.seed import SEEDS_DIR
+from imagebuilder.vm.seed import SEEDS_DIR
 
 LOOPBACK_ONLY = "auto lo\niface lo inet loopback\n"
 DI_INTERFACES = """\

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import compress, tarstream
-from imagebuilder.config import Config, FileType, OutputConfig
-from imagebuilder.curtin import BUILTIN_DIR
+from imagebuilder.config.tree import Config, FileType, OutputConfig
 from imagebuilder.errors import InspectError
-from imagebuilder.export import export_disk
-from imagebuilder.outputlint import check_image, inspect_image
+from imagebuilder.export import compress, tarstream
+from imagebuilder.export.curtin import BUILTIN_DIR
+from imagebuilder.export.outputlint import check_image, inspect_image
+from imagebuilder.export.recipe import export_disk
 from imagebuilder.progress import Progress
 from tests.diskfactory import EPOCH, Part, make_disk, minimal_root
 

@@ -14,12 +14,15 @@ from typing import Any
 
 import pytest
 
-from imagebuilder import curtin, installer, iso, qemu
-from imagebuilder.choices import Layout
-from imagebuilder.config import Firmware
+from imagebuilder.config.choices import Layout
+from imagebuilder.config.tree import Firmware
 from imagebuilder.errors import ConfigError, SourceError
-from imagebuilder.keys import BuildKeys
-from imagebuilder.releases import get as release
+from imagebuilder.export import curtin
+from imagebuilder.families.catalogue import get as release
+from imagebuilder.installer import boot as installer
+from imagebuilder.installer import iso
+from imagebuilder.vm import qemu
+from imagebuilder.vm.keys import BuildKeys
 from tests.fakes.isoimage import make_iso
 
 yaml: Any = pytest.importorskip("yaml")

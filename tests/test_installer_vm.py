@@ -1,7 +1,7 @@
 """The installer machinery with a real kernel in qemu (TCG), no OS installer needed.
 
 A live-server-like ISO is built here whose ``casper/vmlinuz`` is Debian's real
-installer kernel (from the mirror, through :mod:`imagebuilder.netboot`) and whose
+installer kernel (from the mirror, through :mod:`imagebuilder.installer.netboot`) and whose
 ``casper/initrd`` is a busybox ``/init`` that reports what the machine looks like
 and powers off, as an installer does when it is done. :func:`install.install_disk`
 then runs the whole Ubuntu installer path: the ISO verified as ``--iso``, kernel and
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import install, netboot
-from imagebuilder.config import Config, resolve
+from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import MachineError
+from imagebuilder.installer import build, netboot
 from imagebuilder.progress import Progress
 from tests.fakes.initrd import busybox_initrd
 from tests.fakes.isoimage import make_iso
@@ -91,7 +91,7 @@ def test_the_installer_vm_boots_the_iso_kernel_and_ends_at_poweroff(
     cfg = config(tmp_path, REPORT, progress)
     build_dir = tmp_path / "build"
     build_dir.mkdir()
-    base = install.install_disk(cfg, build_dir, progress)
+    base = build.install_disk(cfg, build_dir, progress)
     console = (build_dir / "install-serial.log").read_text(errors="replace")
     assert "IBTEST done" in console
     cmdline = next(ln for ln in console.splitlines() if "IBTEST cmdline:" in ln)
@@ -120,6 +120,6 @@ def test_a_failing_installer_is_stopped_at_once(tmp_path: Path, progress: Progre
     build_dir.mkdir()
     start = time.monotonic()
     with pytest.raises(MachineError, match="the installer failed: An error occurred"):
-        install.install_disk(cfg, build_dir, progress)
+        build.install_disk(cfg, build_dir, progress)
     assert time.monotonic() - start < 300  # the timeout is 900 s
     assert not qemu_running(build_dir)

@@ -18,12 +18,15 @@ from typing import Any
 
 import pytest
 
-from imagebuilder import bootstrap, lock, pkgversions, seed, sources
-from imagebuilder.config import Config, resolve
+from imagebuilder.base import bootstrap, pkgversions
+from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ChecksumError, ConfigError, DownloadError, OfflineError, SourceError
-from imagebuilder.lock import BootstrapPin, CloudPin, Inputs, Lock
 from imagebuilder.progress import Progress
+from imagebuilder.repro import lock
+from imagebuilder.repro.lock import BootstrapPin, CloudPin, Inputs, Lock
 from imagebuilder.run import run
+from imagebuilder.sources import images
+from imagebuilder.vm import seed
 from tests.fakes.cloudimages import MTIME, CloudImages, FakeImage, GpgKeys
 
 if sys.version_info >= (3, 11):
@@ -177,7 +180,7 @@ def test_cloud_lock_pins_the_verified_image_and_the_inputs(
     lock.check_locked(
         dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, offline=True)), lk
     )
-    base = sources.fetch_base_image(lock.pin_config(cfg, lk), Progress())
+    base = images.fetch_base_image(lock.pin_config(cfg, lk), Progress())
     lock.check_base(base, lk)
     assert (
         lock.config_from_lock(lk, {"cache_dir": cfg.source.cache_dir}).source.mirror == server.url
@@ -226,12 +229,12 @@ def test_locked_refuses_a_different_base_sha(
     with pytest.raises(ConfigError) as info:
         lock.check_locked(cfg, other)
     assert f"the cache holds sha256 {img.sha256[:16]}" in info.value.message
-    base = sources.fetch_base_image(cfg, Progress())
+    base = images.fetch_base_image(cfg, Progress())
     with pytest.raises(ConfigError, match="the base image is sha256"):
         lock.check_base(base, other)
     # Pinned, sources refuse other content outright (here: after downloading it).
     with pytest.raises(ChecksumError):
-        sources.fetch_base_image(lock.pin_config(cfg, other), Progress())
+        images.fetch_base_image(lock.pin_config(cfg, other), Progress())
 
 
 def test_every_difference_is_named_at_once(

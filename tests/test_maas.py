@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from imagebuilder import maas
 from imagebuilder.errors import ConfigError, MAASAuthError, MAASError
-from imagebuilder.maas_api import CHUNK_SIZE, MAASClient, MAASHTTPError
+from imagebuilder.maas import publish
+from imagebuilder.maas.api import CHUNK_SIZE, MAASClient, MAASHTTPError
 from imagebuilder.progress import Event, Progress
 from tests.fakes.maas_server import DEFAULT_API_KEY, Cut, FakeMAAS
 
@@ -70,7 +70,7 @@ def upload(fake: FakeMAAS, image: Path, events: list[Event] | None = None, **kw:
         "progress": Progress(events.append) if events is not None else Progress(),
     }
     args.update(kw)
-    return maas.upload_image(image, **args)
+    return publish.upload_image(image, **args)
 
 
 def newest_file(resource: dict[str, Any]) -> dict[str, Any]:
@@ -293,12 +293,12 @@ def test_maas_name_rules(name: str, old: str, new: str | None) -> None:
     if new is None:
         for version in ((3, 6, 0), (3, 8, 0)):
             with pytest.raises(ConfigError, match=re.escape(old)):
-                maas.maas_name(name, version)
+                publish.maas_name(name, version)
         return
-    assert maas.maas_name(name, (3, 6, 0)) == maas.maas_name(name, (3, 7, 3)) == old
-    assert maas.maas_name(name, (3, 8, 0)) == new
-    assert maas.same_name(old, name) and maas.same_name(new, name)
-    assert not maas.same_name(old + "2", name) and not maas.same_name(None, name)
+    assert publish.maas_name(name, (3, 6, 0)) == publish.maas_name(name, (3, 7, 3)) == old
+    assert publish.maas_name(name, (3, 8, 0)) == new
+    assert publish.same_name(old, name) and publish.same_name(new, name)
+    assert not publish.same_name(old + "2", name) and not publish.same_name(None, name)
 
 
 # What the fake answers to POST name=...: the listed name, or MAAS's error text.
@@ -336,7 +336,9 @@ def test_fake_stores_names_as_maas(tmp_path: Path, version: str) -> None:
             assert (res["name"], client.get(res["id"])["name"]) == (want, want), name
             assert want in [r["name"] for r in client.list_resources("uploaded")]
         # custom/x and x are one resource up to 3.7 (a POST reuses it), two on 3.8.
-        ids = {r["id"] for r in client.list_resources("uploaded") if maas.same_name(r["name"], "x")}
+        ids = {
+            r["id"] for r in client.list_resources("uploaded") if publish.same_name(r["name"], "x")
+        }
         assert len(ids) == (1 if version == "3.6.0" else 2)
 
 
@@ -360,7 +362,7 @@ def test_upload_killed_at_40_percent_resumes(tmp_path: Path, version: str, kill:
         if kill == "server":
             fake.cut = Cut(after_bytes=kill_at)
         with pytest.raises((MAASError, KeyboardInterrupt)):
-            maas.upload_image(
+            publish.upload_image(
                 image, maas_url=fake.url, api_key=DEFAULT_API_KEY, name="custom/web",
                 title=None, architecture="amd64/generic", base_image=None, filetype=None,
                 progress=Progress(ctrl_c) if kill == "client" else Progress(),
@@ -385,8 +387,8 @@ def test_upload_killed_at_40_percent_resumes(tmp_path: Path, version: str, kill:
         stored_file = fake.store / rfile["filename_on_disk"]
         assert hashlib.sha256(stored_file.read_bytes()).hexdigest() == sha
         kw: dict[str, Any] = {"maas_url": fake.url, "api_key": DEFAULT_API_KEY}
-        assert [r["name"] for r in maas.list_images(**kw)] == [stored]
-        assert [r["id"] for r in maas.delete_image(**kw, name="custom/web")] == [res["id"]]
+        assert [r["name"] for r in publish.list_images(**kw)] == [stored]
+        assert [r["id"] for r in publish.delete_image(**kw, name="custom/web")] == [res["id"]]
         assert fake.uploaded() == [] and not stored_file.exists()
 
 
@@ -464,7 +466,7 @@ def test_connection_refused_names_url(tmp_path: Path) -> None:
     with FakeMAAS(tmp_path / "store") as fake:
         url = fake.url  # the port is closed once the server stops
     with pytest.raises(MAASError) as info:
-        maas.upload_image(
+        publish.upload_image(
             image, maas_url=url, api_key=DEFAULT_API_KEY, name="custom/x", title=None,
             architecture="amd64/generic", base_image=None, filetype=None, progress=Progress(),
         )  # fmt: skip
@@ -476,18 +478,18 @@ def test_list_and_delete(fake: FakeMAAS, tmp_path: Path) -> None:
     for seed, name in enumerate(["custom/one", "custom/two", "three"]):
         make_image(image, MiB, seed=seed)
         upload(fake, image, name=name, architecture="amd64/generic")
-    listed = maas.list_images(maas_url=fake.url, api_key=DEFAULT_API_KEY)
+    listed = publish.list_images(maas_url=fake.url, api_key=DEFAULT_API_KEY)
     assert [r["name"] for r in listed] == ["one", "three", "two"]  # as MAAS lists them
     assert {r["type"] for r in listed} == {"Uploaded"}  # synced ubuntu/* are not listed
     kw: dict[str, Any] = {"maas_url": fake.url, "api_key": DEFAULT_API_KEY}
-    gone = maas.delete_image(**kw, name="custom/one")
+    gone = publish.delete_image(**kw, name="custom/one")
     assert [r["name"] for r in gone] == ["one"]
-    assert [r["name"] for r in maas.delete_image(**kw, name="two")] == ["two"]
-    assert [r["name"] for r in maas.delete_image(**kw, name="custom/three")] == ["three"]
+    assert [r["name"] for r in publish.delete_image(**kw, name="two")] == ["two"]
+    assert [r["name"] for r in publish.delete_image(**kw, name="custom/three")] == ["three"]
     assert fake.uploaded() == []
     for name in ("custom/one", "one"):
         with pytest.raises(MAASError, match=f"no uploaded image named {name}$"):
-            maas.delete_image(**kw, name=name)
+            publish.delete_image(**kw, name=name)
 
 
 def test_find_image_either_spelling(fake: FakeMAAS, tmp_path: Path) -> None:
@@ -496,26 +498,26 @@ def test_find_image_either_spelling(fake: FakeMAAS, tmp_path: Path) -> None:
     upload(fake, image, name="custom/two", architecture="amd64/generic")
     with MAASClient(fake.url, DEFAULT_API_KEY) as client:
         for name in ("custom/two", "two"):
-            found = maas.find_image(client, name, "amd64/generic")
+            found = publish.find_image(client, name, "amd64/generic")
             assert found is not None and newest_file(found)["complete"]
-        assert maas.find_image(client, "two", "arm64/generic") is None
-        assert maas.find_image(client, "custom/one") is None
+        assert publish.find_image(client, "two", "arm64/generic") is None
+        assert publish.find_image(client, "custom/one") is None
 
 
 def test_read_api_key(tmp_path: Path) -> None:
     keyfile = tmp_path / "key"
     keyfile.write_text(DEFAULT_API_KEY + "\n")
     env = {"MAAS_API_KEY": "a:b:c"}
-    assert maas.read_api_key(keyfile, environ=env, prompt=None) == DEFAULT_API_KEY
-    assert maas.read_api_key(None, environ=env, prompt=None) == "a:b:c"
-    assert maas.read_api_key(None, environ={}, prompt=lambda: DEFAULT_API_KEY) == DEFAULT_API_KEY
+    assert publish.read_api_key(keyfile, environ=env, prompt=None) == DEFAULT_API_KEY
+    assert publish.read_api_key(None, environ=env, prompt=None) == "a:b:c"
+    assert publish.read_api_key(None, environ={}, prompt=lambda: DEFAULT_API_KEY) == DEFAULT_API_KEY
     with pytest.raises(ConfigError, match="no MAAS API key"):
-        maas.read_api_key(None, environ={}, prompt=None)
+        publish.read_api_key(None, environ={}, prompt=None)
     with pytest.raises(ConfigError) as info:
-        maas.read_api_key(None, environ={"MAAS_API_KEY": "only:two-secretpart"}, prompt=None)
+        publish.read_api_key(None, environ={"MAAS_API_KEY": "only:two-secretpart"}, prompt=None)
     assert "secretpart" not in str(info.value) and "MAAS_API_KEY" in str(info.value)
     with pytest.raises(ConfigError, match="cannot read the API key file"):
-        maas.read_api_key(tmp_path / "missing", environ={}, prompt=None)
+        publish.read_api_key(tmp_path / "missing", environ={}, prompt=None)
 
 
 def test_cli_upload_list_delete(

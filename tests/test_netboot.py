@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import requests
 
-from imagebuilder import download, installer, netboot, preseed, udebcheck
-from imagebuilder.choices import FileType, Firmware, Layout
-from imagebuilder.config import Config, resolve
+from imagebuilder.config.choices import FileType, Firmware, Layout
+from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ConfigError, DownloadError, OfflineError, SourceError
+from imagebuilder.installer import boot, netboot, preseed, udebcheck
 from imagebuilder.progress import Progress
+from imagebuilder.sources import download
 from tests.fakes.cloudimages import CloudImages, GpgKeys
 from tests.fakes.debmirror import Fault, faults, publish_netboot
 from tests.fakes.initrd import newc
@@ -356,8 +357,5 @@ def test_the_real_installer_waiting_on_a_question_is_recognised() -> None:
     text = (Path(__file__).parent / "data" / "d-i-download-failed.serial").read_text(
         errors="replace"
     )
-    assert (
-        installer.pending_question(text)
-        == "Download installer components: Downloading a file failed"
-    )
-    assert installer.pending_question(text.split("Loading additional")[0]) is None
+    assert boot.pending_question(text) == "Download installer components: Downloading a file failed"
+    assert boot.pending_question(text.split("Loading additional")[0]) is None

@@ -10,11 +10,11 @@ from typing import Any, cast
 
 import pytest
 
-from imagebuilder import httpserve, provision, seed
-from imagebuilder.basedisk import BaseDisk
-from imagebuilder.config import Config, resolve
+from imagebuilder.config.tree import Config, resolve
 from imagebuilder.progress import Progress
-from imagebuilder.ssh import BuildLog, Result
+from imagebuilder.sources.basedisk import BaseDisk
+from imagebuilder.vm import httpserve, provision, seed
+from imagebuilder.vm.ssh import BuildLog, Result
 
 
 def _cfg(**opts: object) -> Config:
@@ -182,9 +182,9 @@ def test_hygiene_script_is_valid_sh() -> None:
 @pytest.mark.vm
 def test_a_guest_that_never_comes_up_fails_with_its_console(tmp_path: Path) -> None:
     """The whole VM path on a disk that boots but never runs sshd (the accel probe payload)."""
-    from imagebuilder import accel
     from imagebuilder.errors import MachineError
     from imagebuilder.progress import Progress
+    from imagebuilder.vm import accel
 
     disk = tmp_path / "payload.img"
     disk.write_bytes(accel.boot_sector())

@@ -31,10 +31,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-from imagebuilder import provision, run
-from imagebuilder.basedisk import BaseDisk
-from imagebuilder.config import Config, resolve
+from imagebuilder import run
+from imagebuilder.config.tree import Config, resolve
 from imagebuilder.progress import Event, Progress
+from imagebuilder.sources.basedisk import BaseDisk
+from imagebuilder.vm import provision
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 
@@ -177,7 +178,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def base(cache_dir: Path) -> BaseDisk:
-    from imagebuilder.bootstrap import bootstrap_base
+    from imagebuilder.base.bootstrap import bootstrap_base
 
     return bootstrap_base(_config(cache_dir), Progress())
 
@@ -361,9 +362,9 @@ def test_no_build_key_anywhere_on_the_disk(built: Built) -> None:
 DRIVER = """
 import json, shutil, signal, sys, tempfile
 from pathlib import Path
-from imagebuilder import provision
-from imagebuilder.basedisk import BaseDisk
-from imagebuilder.config import resolve
+from imagebuilder.config.tree import resolve
+from imagebuilder.sources.basedisk import BaseDisk
+from imagebuilder.vm import provision
 from imagebuilder.errors import ImageBuilderError
 from imagebuilder.progress import PlainRenderer, Progress
 

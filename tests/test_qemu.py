@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import accel, qemu
-from imagebuilder.config import Accel, Firmware
+from imagebuilder.config.tree import Accel, Firmware
 from imagebuilder.errors import MachineError
 from imagebuilder.progress import Event, Progress
-from imagebuilder.qemu import MachineSpec, qemu_argv
+from imagebuilder.vm import accel, qemu
+from imagebuilder.vm.qemu import MachineSpec, qemu_argv
 
 
 def _spec(tmp_path: Path, **kw: object) -> MachineSpec:

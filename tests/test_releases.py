@@ -6,24 +6,24 @@ import datetime as dt
 
 import pytest
 
-from imagebuilder import releases
 from imagebuilder.errors import UnknownSeriesError
+from imagebuilder.families import catalogue
 
 
 @pytest.mark.parametrize(
     "name", ["focal", "jammy", "noble", "resolute", "bullseye", "bookworm", "trixie"]
 )
 def test_known(name: str) -> None:
-    assert releases.get(name).codename == name
+    assert catalogue.get(name).codename == name
 
 
 def test_unknown() -> None:
     with pytest.raises(UnknownSeriesError):
-        releases.get("warty")
+        catalogue.get("warty")
 
 
 def test_ubuntu_urls() -> None:
-    r = releases.get("jammy")
+    r = catalogue.get("jammy")
     assert r.image_dir_url() + "/" + r.image_filename("amd64") == (
         "https://cloud-images.ubuntu.com/jammy/current/jammy-server-cloudimg-amd64.img"
     )
@@ -36,16 +36,16 @@ def test_ubuntu_urls() -> None:
 
 
 def test_debian_urls_and_kernel() -> None:
-    r = releases.get("bookworm")
+    r = catalogue.get("bookworm")
     assert r.image_filename("amd64") == "debian-12-genericcloud-amd64.qcow2"
     assert r.checksum_file == "SHA512SUMS"
     assert r.kernel_package("arm64") == "linux-image-arm64"
-    assert releases.get("noble").kernel_package("amd64") == "linux-generic"
+    assert catalogue.get("noble").kernel_package("amd64") == "linux-generic"
 
 
 def test_status_dates() -> None:
-    r = releases.get("bookworm")
+    r = catalogue.get("bookworm")
     assert r.status(dt.date(2024, 1, 1)) == "supported"
     assert "security" in r.status(dt.date(2027, 1, 1))
     assert r.status(dt.date(2030, 1, 1)) == "end of life"
-    assert releases.get("resolute").status(dt.date(2026, 1, 1)) == "development"
+    assert catalogue.get("resolute").status(dt.date(2026, 1, 1)) == "development"

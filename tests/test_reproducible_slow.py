@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
-from imagebuilder import bundle, lock, pipeline
-from imagebuilder.config import Config, resolve
-from imagebuilder.diff import diff_outputs, render
+from imagebuilder import pipeline
+from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ConfigError
 from imagebuilder.progress import PlainRenderer, Progress
+from imagebuilder.repro import bundle_create, lock
+from imagebuilder.repro.diff_outputs import diff_outputs, render
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm, pytest.mark.root]
 
@@ -138,13 +139,14 @@ def test_two_locked_bootstrap_builds_are_byte_identical(tmp_path: Path, script: 
 CHILD = """
 import json, sys
 from pathlib import Path
-from imagebuilder import cli, unbundle
+from imagebuilder import cli
+from imagebuilder.repro import bundle_import
 from imagebuilder.progress import Progress
 from imagebuilder.run import run
 
 bundle_path, cache_dir, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 run(["ip", "link", "set", "lo", "up"])  # loopback only: qemu's ssh forward; no route out
-res = unbundle.import_bundle(bundle_path, cache_dir, progress=Progress())
+res = bundle_import.import_bundle(bundle_path, cache_dir, progress=Progress())
 code = cli.main(["bookworm", "--base", "bootstrap", "--offline", "--locked",
                  "--lock", str(res.lock_path), "--cache-dir", str(cache_dir),
                  "--customize", str(res.customize), "-o", str(out), "--timeout", "900"])
@@ -158,7 +160,9 @@ def test_offline_locked_build_in_a_network_namespace_from_a_bundle(
     online = config(tmp_path / "unused.tar.gz", script)
     pipeline.get_base(online, progress())  # the connected host has the base cached
     lk = lock.resolve_lock(online, progress())
-    made = bundle.create_bundle(online, lk, tmp_path / "bookworm.tar.zst", progress=progress())
+    made = bundle_create.create_bundle(
+        online, lk, tmp_path / "bookworm.tar.zst", progress=progress()
+    )
     out = tmp_path / "airgapped" / "custom-cloudimg.tar.gz"
     out.parent.mkdir()
     proc = subprocess.run(

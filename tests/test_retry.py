@@ -1,4 +1,4 @@
-"""Mirrors that refuse, reset or are busy: the bounded retries of ``imagebuilder.download``.
+"""Mirrors that refuse, reset or are busy: the bounded retries of ``imagebuilder.sources.download``.
 
 Real HTTP against the fake mirror with faults injected per path
 (:func:`tests.fakes.debmirror.faults`); only the backoff's sleep is replaced, by a
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from imagebuilder import download
-from imagebuilder.config import resolve
+from imagebuilder.config.tree import resolve
 from imagebuilder.errors import DownloadError
 from imagebuilder.progress import Progress
-from imagebuilder.sources import fetch_base_image
+from imagebuilder.sources import download
+from imagebuilder.sources.images import fetch_base_image
 from tests.fakes.cloudimages import CloudImages, GpgKeys
 from tests.fakes.debmirror import Fault, faults
 

@@ -10,8 +10,8 @@ import paramiko
 import pycdlib
 import pytest
 
-from imagebuilder import seed
-from imagebuilder.keys import BuildKeys, generate_ed25519
+from imagebuilder.vm import seed
+from imagebuilder.vm.keys import BuildKeys, generate_ed25519
 
 yaml: Any = pytest.importorskip("yaml")  # PyYAML: cloud-init's own parser
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from imagebuilder import cache, download, sources
-from imagebuilder.config import Config, resolve
+from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import (
     ChecksumError,
     DownloadError,
@@ -26,7 +25,8 @@ from imagebuilder.errors import (
     SourceError,
 )
 from imagebuilder.progress import Event, Progress
-from imagebuilder.sources import fetch_base_image, list_cache, prune_cache
+from imagebuilder.sources import cache, download, images
+from imagebuilder.sources.images import fetch_base_image, list_cache, prune_cache
 from tests.fakes.cloudimages import MTIME, CloudImages, GpgKeys, image_bytes
 
 
@@ -201,7 +201,7 @@ def test_no_keyring_warns_loudly_but_downloads(
     events: list[Event],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sources, "default_keyring", lambda release: None)  # host-independent
+    monkeypatch.setattr(images, "default_keyring", lambda release: None)  # host-independent
     img = server.ubuntu("jammy")
     disk = fetch_base_image(make_cfg(server, tmp_path, None), progress)
     assert disk.sha256 == img.sha256
@@ -213,7 +213,7 @@ def test_no_keyring_warns_loudly_but_downloads(
 def test_no_keyring_with_require_signature_fails(
     server: CloudImages, tmp_path: Path, progress: Progress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sources, "default_keyring", lambda release: None)
+    monkeypatch.setattr(images, "default_keyring", lambda release: None)
     img = server.ubuntu("jammy")
     cfg = make_cfg(server, tmp_path, None, require_signature=True)
     with pytest.raises(SignatureError, match=r"no keyring .* --require-signature") as err:
@@ -229,7 +229,7 @@ def test_require_signature_rechecks_an_unsigned_cache_entry(
     progress: Progress,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sources, "default_keyring", lambda release: None)
+    monkeypatch.setattr(images, "default_keyring", lambda release: None)
     img = server.ubuntu("jammy")
     fetch_base_image(make_cfg(server, tmp_path, None), progress)  # unsigned, with a warning
     strict = make_cfg(server, tmp_path, None, require_signature=True, offline=True)

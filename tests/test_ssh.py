@@ -24,8 +24,8 @@ from paramiko.common import (
 )
 
 from imagebuilder.errors import SSHError
-from imagebuilder.keys import BuildKeys
-from imagebuilder.ssh import BuildLog, Disconnected, Guest, command_line
+from imagebuilder.vm.keys import BuildKeys
+from imagebuilder.vm.ssh import BuildLog, Disconnected, Guest, command_line
 
 
 class _Server(paramiko.ServerInterface):

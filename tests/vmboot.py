@@ -8,7 +8,7 @@ Two functions, for tests that must show an output really boots:
 - :func:`boot_to_login` boots a disk file under TCG with the given firmware
   (``bios``: SeaBIOS, amd64 only; ``uefi``: OVMF or AAVMF) through a qcow2 overlay,
   so the input is never written, with a fresh NoCloud seed written by
-  :mod:`imagebuilder.seed`: a unique hostname, a user, and a ``runcmd`` that prints
+  :mod:`imagebuilder.vm.seed`: a unique hostname, a user, and a ``runcmd`` that prints
   a unique marker with the hostname and that user to ``/dev/console`` (the serial
   port: ttyS0 on amd64, ttyAMA0 on arm64). It returns the serial console text once
   both the marker and a ``<hostname> login:`` prompt appeared, which proves the
@@ -17,8 +17,8 @@ Two functions, for tests that must show an output really boots:
   no bootable device...) it raises :class:`BootFailed` with the console's tail.
   qemu is always killed when it returns or raises.
 
-The qemu command line is imagebuilder's own (:func:`imagebuilder.qemu.qemu_argv`,
-via :class:`imagebuilder.qemu.Machine`), always with ``-accel tcg``. This module
+The qemu command line is imagebuilder's own (:func:`imagebuilder.vm.qemu.qemu_argv`,
+via :class:`imagebuilder.vm.qemu.Machine`), always with ``-accel tcg``. This module
 knows nothing about how the image was built.
 """
 
@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from imagebuilder import qemu, run, seed
-from imagebuilder.config import Firmware
+from imagebuilder import run
+from imagebuilder.config.tree import Firmware
 from imagebuilder.errors import MachineError
+from imagebuilder.vm import qemu, seed
 
 __all__ = ["BootFailed", "boot_to_login", "write_dd"]
 

@@ -24,12 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import provision
-from ..basedisk import BaseDisk
-from ..config import Config
+from ..config.tree import Config
 from ..errors import DeployError, ProvisionError, SSHError
 from ..progress import Progress
-from ..ssh import BuildLog
+from ..sources.basedisk import BaseDisk
+from ..vm import provision
+from ..vm.ssh import BuildLog
 from . import maasconfig
 
 #: Where the guest reaches the region stand-in (a guestfwd address, nothing else routes).

@@ -16,9 +16,9 @@ import json
 import lzma
 from pathlib import Path
 
-from ..choices import FileType
+from ..config.choices import FileType
 from ..errors import ConfigError
-from ..outputlint import compression
+from ..export.outputlint import compression
 
 _TAR = {"gzip": FileType.TGZ, "xz": FileType.TXZ, "bzip2": FileType.TBZ}
 _DD = {"gzip": FileType.DDGZ, "xz": FileType.DDXZ, "raw": FileType.DDRAW}

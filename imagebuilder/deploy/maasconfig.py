@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..choices import FileType, Firmware
+from ..config.choices import FileType, Firmware
 
 #: MAAS filetype -> curtin source type (the prefix of the positional source; tgz has none).
 SOURCE_TYPE = {

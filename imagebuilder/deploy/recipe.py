@@ -29,13 +29,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import qemu
-from ..choices import BaseKind, FileType, Firmware
-from ..config import Config, resolve
+from ..base.obtain import obtain_base
+from ..config.choices import BaseKind, FileType, Firmware
+from ..config.tree import Config, resolve
 from ..errors import ConfigError
-from ..keys import BuildKeys
 from ..progress import Progress
-from ..ssh import BuildLog
+from ..vm import qemu
+from ..vm.keys import BuildKeys
+from ..vm.ssh import BuildLog
 from . import curtinsrc, deployvm, imagefile, maasconfig, region, targetboot
 
 #: The blank disk MAAS's machine has (sparse; large enough for an 8 GiB dd image).
@@ -124,11 +125,9 @@ def deploy_one(
     progress: Progress, logs: Path,
 ) -> FirmwareResult:  # fmt: skip
     """Deploy ``image`` on one machine of firmware ``fw`` and boot it."""
-    from ..pipeline import get_base
-
     start = time.monotonic()
     with progress.stage("deploy-base", "the ephemeral environment (cached bootstrap base)"):
-        base = get_base(env, progress)
+        base = obtain_base(env, progress)
     work = Path(tempfile.mkdtemp(prefix=f"imagebuilder-deploy-{fw.value}-"))
     reg: region.Region | None = None
     try:

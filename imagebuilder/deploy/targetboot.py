@@ -24,12 +24,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import qemu
-from ..choices import Firmware
+from ..config.choices import Firmware
 from ..errors import DeployError, MachineError, SSHError
-from ..keys import BuildKeys
 from ..progress import Progress
-from ..ssh import BuildLog, Guest
+from ..vm import qemu
+from ..vm.keys import BuildKeys
+from ..vm.ssh import BuildLog, Guest
 from .region import Region
 
 _LOGIN = re.compile(rb"^\S+ login: ?$", re.MULTILINE)

@@ -5,7 +5,7 @@
 lays out ``dists/<suite>/`` the way apt reads it: ``main/binary-<arch>/Packages``
 with the .deb's size and sha256, ``Release`` listing the index's size and sha256,
 and ``InRelease`` clear-signed by the test key. apt (the real one) then verifies the
-whole chain when :mod:`imagebuilder.netboot` downloads from it.
+whole chain when :mod:`imagebuilder.installer.netboot` downloads from it.
 
 :func:`faults` makes the server misbehave the way real mirrors sometimes do, for
 the first N requests of a path: close the connection without answering, reset it
