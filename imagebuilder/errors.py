@@ -95,12 +95,23 @@ class CommandError(ImageBuilderError):
         super().__init__(msg, hint=hint, details="\n".join(stderr.strip().splitlines()[-30:]))
 
 
+def host_package_hint(*packages: str) -> str:
+    """The fix for a missing host program or file: the host packages that provide it.
+
+    Worded for any host: the package names are those of the distribution
+    ``scripts/setup-host.sh`` sets up, which installs every one of them.
+    """
+    names = " ".join(packages)
+    noun = "package" if len(packages) == 1 else "packages"
+    return f"install the host {noun} {names} (scripts/setup-host.sh installs them all)"
+
+
 class ToolNotFoundError(CommandError):
     def __init__(self, tool: str, package: str | None = None) -> None:
         super().__init__([tool], 127, "")
         self.message = f"{tool} not found"
         self.args = (self.message,)
-        self.hint = f"install it: apt-get install {package or tool}"
+        self.hint = host_package_hint(package or tool)
         self.details = ""
 
 

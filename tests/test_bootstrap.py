@@ -21,7 +21,7 @@ from imagebuilder.base import bootstrap
 from imagebuilder.base import layout as diskimage
 from imagebuilder.base.bootstrap import Recipe, bootstrap_base, package_set, recipe
 from imagebuilder.config.tree import Config, resolve
-from imagebuilder.errors import BootstrapError, OfflineError
+from imagebuilder.errors import BootstrapError, OfflineError, host_package_hint
 from imagebuilder.families import catalogue
 from imagebuilder.progress import Event, Progress
 
@@ -341,7 +341,7 @@ def test_missing_host_tools_are_named_with_their_packages(
     assert bootstrap.missing_tools() == {"mcopy": "mtools", "mdir": "mtools"}
     with pytest.raises(BootstrapError) as info:
         bootstrap_base(cfg_for(tmp=tmp_path), Progress())
-    assert "mcopy" in info.value.message and info.value.hint == "apt-get install mtools"
+    assert "mcopy" in info.value.message and info.value.hint == host_package_hint("mtools")
 
 
 def _which_without(absent: set[str]) -> Any:

@@ -39,6 +39,7 @@ from ..errors import (
     ImageBuilderError,
     OfflineError,
     ToolNotFoundError,
+    host_package_hint,
 )
 from ..families import catalogue
 from ..progress import Progress
@@ -277,14 +278,14 @@ def bootstrap_base(cfg: Config, progress: Progress) -> BaseDisk:
     if missing:
         raise BootstrapError(
             f"--base bootstrap needs {', '.join(missing)}, not installed",
-            hint=f"apt-get install {' '.join(sorted(set(missing.values())))}",
+            hint=host_package_hint(*sorted(set(missing.values()))),
         )
     problem = emulation_problem(rec.arch)
     if problem:
         raise BootstrapError(
             f"--arch {rec.arch} on this {platform.machine()} host needs qemu-user emulation: "
             f"{problem}",
-            hint="run scripts/setup-host.sh (apt-get install qemu-user-static binfmt-support; "
+            hint="run scripts/setup-host.sh (host packages qemu-user-static binfmt-support; "
             f"update-binfmts --enable qemu-{catalogue.QEMU_ARCH.get(rec.arch, rec.arch)})",
         )
     root.mkdir(parents=True, exist_ok=True)
@@ -445,7 +446,7 @@ def _mmdebstrap(
     if not Path(rec.keyring).is_file():
         pkg = "ubuntu-keyring" if rec.distro == "ubuntu" else "debian-archive-keyring"
         raise BootstrapError(
-            f"archive keyring {rec.keyring} is missing", hint=f"apt-get install {pkg}"
+            f"archive keyring {rec.keyring} is missing", hint=host_package_hint(pkg)
         )
     argv = mmdebstrap_argv(rec, target)
     env = _child_env(epoch)

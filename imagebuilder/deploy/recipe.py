@@ -32,7 +32,7 @@ from pathlib import Path
 from ..base.obtain import obtain_base
 from ..config.choices import BaseKind, FileType, Firmware
 from ..config.tree import Config, resolve
-from ..errors import ConfigError
+from ..errors import ConfigError, host_package_hint
 from ..progress import Progress
 from ..vm import qemu
 from ..vm.keys import BuildKeys
@@ -184,15 +184,15 @@ def deploy_one(
 def _check_host(fws: list[Firmware]) -> None:
     """The programs and firmware files the VMs need, before any of them starts."""
     if shutil.which("qemu-system-x86_64") is None:
-        raise ConfigError("qemu-system-x86_64 not found", hint="apt-get install qemu-system-x86")
+        raise ConfigError("qemu-system-x86_64 not found", hint=host_package_hint("qemu-system-x86"))
     if shutil.which("busybox") is None:
         raise ConfigError("busybox not found (it relays the guest's HTTP to the region)",
-                          hint="apt-get install busybox")  # fmt: skip
+                          hint=host_package_hint("busybox"))  # fmt: skip
     if Firmware.UEFI in fws:
         for path in qemu.UEFI_FIRMWARE["amd64"]:
             if not path.is_file():
                 raise ConfigError(f"{path} not found (OVMF, for the UEFI deploy)",
-                                  hint="apt-get install ovmf")  # fmt: skip
+                                  hint=host_package_hint("ovmf"))  # fmt: skip
 
 
 def deploy_test(

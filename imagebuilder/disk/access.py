@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.tree import DiskBackend
-from ..errors import DiskError, ToolNotFoundError
+from ..errors import DiskError, ToolNotFoundError, host_package_hint
 from ..run import run, spawn, which
 from . import parttable
 from .parttable import Layout, Partition
@@ -42,7 +42,9 @@ from .parttable import Layout, Partition
 EXT = ("ext2", "ext3", "ext4")
 LOOP_FS = ("xfs", "btrfs")  # besides ext*, what a loop mount reads for the auto backend
 #: The fix where libguestfs has no kernel to build its appliance from.
-GUESTFS_KERNEL_FIX = "install a kernel package (apt-get install linux-image-amd64) for libguestfs"
+GUESTFS_KERNEL_FIX = "give libguestfs a kernel to build its appliance from: " + host_package_hint(
+    "linux-image-amd64"
+)
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,8 @@ class Server:
             except ImportError as exc:
                 raise DiskError(
                     "the libnbd Python binding (module nbd) is missing",
-                    hint="apt-get install python3-libnbd, and use a venv made "
-                    "with --system-site-packages",
+                    hint=host_package_hint("python3-libnbd")
+                    + ", and use a venv made with --system-site-packages",
                 ) from exc
             h = nbd.NBD()
             h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import DiskError
+from ..errors import DiskError, host_package_hint
 from .access import DiskInfo
 from .parttable import LINUX_FS, Layout, pick_boot, pick_root
 
@@ -63,7 +63,8 @@ def session(info: DiskInfo, *, readonly: bool, force_tcg: bool) -> Iterator[Any]
         raise DiskError(
             "this disk needs --disk-backend guestfs (xfs, btrfs or LVM root), but the "
             "libguestfs Python binding (module guestfs) is missing",
-            hint="apt-get install python3-guestfs, and use a venv made with --system-site-packages",
+            hint=host_package_hint("python3-guestfs")
+            + ", and use a venv made with --system-site-packages",
         ) from exc
     g = guestfs.GuestFS(python_return_dict=True)
     try:

@@ -327,7 +327,7 @@ def _check_signature(
     if src.require_signature:
         raise SignatureError(
             f"{problem}, and --require-signature is set",
-            hint="pass --keyring FILE with the signing key (Ubuntu: apt-get install"
+            hint="pass --keyring FILE with the signing key (Ubuntu's is in the host package"
             " ubuntu-cloudimage-keyring), or pin --base-image with --base-sha256",
         )
     progress.warning(

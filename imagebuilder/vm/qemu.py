@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import run
 from ..config.tree import Config, Firmware
-from ..errors import MachineError
+from ..errors import MachineError, host_package_hint
 from ..families.catalogue import QEMU_ARCH
 from .accel import cpu_model, probe_accel
 
@@ -166,7 +166,7 @@ def prepare_firmware(arch: str, firmware: Firmware, build_dir: Path) -> tuple[Pa
         if not path.is_file():
             raise MachineError(
                 f"UEFI firmware {path} not found",
-                hint=f"apt-get install {FIRMWARE_PACKAGE[arch]}"
+                hint=host_package_hint(FIRMWARE_PACKAGE[arch])
                 + (" (or use --firmware bios)" if arch == "amd64" else ""),
             )
     vars_copy = build_dir / f"efivars-{arch}.fd"
