@@ -22,7 +22,7 @@ from imagebuilder.base import layout as diskimage
 from imagebuilder.base.bootstrap import Recipe, bootstrap_base, package_set, recipe
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import BootstrapError, OfflineError, host_package_hint
-from imagebuilder.families import catalogue
+from imagebuilder.families import catalogue, debian, ubuntu
 from imagebuilder.progress import Event, Progress
 
 
@@ -119,7 +119,7 @@ def test_cache_key_changes_with_the_recipe_version(
 def test_debian_defaults_and_sources(tmp_path: Path) -> None:
     rec = recipe(cfg_for(tmp=tmp_path))
     assert rec.mirror == "http://deb.debian.org/debian"
-    assert rec.keyring == catalogue.DEBIAN_ARCHIVE_KEYRING
+    assert rec.keyring == debian.ARCHIVE_KEYRING
     assert rec.origin == "mmdebstrap bookworm http://deb.debian.org/debian"
     assert rec.sources() == [
         "deb http://deb.debian.org/debian bookworm main",
@@ -131,15 +131,15 @@ def test_debian_defaults_and_sources(tmp_path: Path) -> None:
 def test_ubuntu_uses_its_archive_keyring_and_components(tmp_path: Path) -> None:
     rec = recipe(cfg_for("jammy", tmp=tmp_path, mirror="http://mirror.lan/ubuntu/"))
     assert rec.mirror == "http://mirror.lan/ubuntu"
-    assert rec.keyring == catalogue.UBUNTU_ARCHIVE_KEYRING
+    assert rec.keyring == ubuntu.ARCHIVE_KEYRING
     assert rec.kernel == "linux-generic"
     assert rec.sources() == [
         "deb http://mirror.lan/ubuntu jammy main universe",
         "deb http://mirror.lan/ubuntu jammy-updates main universe",
         "deb http://mirror.lan/ubuntu jammy-security main universe",
     ]
-    assert recipe(cfg_for("jammy", tmp=tmp_path)).mirror == catalogue.UBUNTU_ARCHIVE
-    assert recipe(cfg_for("jammy", tmp=tmp_path, arch="arm64")).mirror == catalogue.UBUNTU_PORTS
+    assert recipe(cfg_for("jammy", tmp=tmp_path)).mirror == ubuntu.ARCHIVE
+    assert recipe(cfg_for("jammy", tmp=tmp_path, arch="arm64")).mirror == ubuntu.PORTS
 
 
 def test_mmdebstrap_argv(tmp_path: Path) -> None:

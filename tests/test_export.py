@@ -34,6 +34,7 @@ from imagebuilder.errors import DiskError, ExportError
 from imagebuilder.export import compress, manifest
 from imagebuilder.export.curtin import BUILTIN_DIR
 from imagebuilder.export.recipe import AtomicOutput, default_output, export_disk
+from imagebuilder.families import apt
 from imagebuilder.progress import Event, Progress
 from imagebuilder.sources.basedisk import BaseDisk
 from tests.diskfactory import (
@@ -147,7 +148,7 @@ def test_dpkg_status_lists_installed_packages_only() -> None:
         b"Description: x\n more\n\n"
         b"Package: c\nStatus: deinstall ok config-files\nVersion: 3\n"
     )
-    assert manifest.parse_dpkg_status(status) == [
+    assert apt.parse_dpkg_status(status) == [
         {"name": "a", "version": "1", "architecture": ""},
         {"name": "b", "version": "2", "architecture": "all"},
     ]

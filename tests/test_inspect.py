@@ -154,11 +154,11 @@ EFI_SET = ("grub-efi-amd64", "grub-efi-amd64-bin", "grub-efi-amd64-signed", "shi
     ("packages", "debs", "expected"),
     [
         (EFI_SET, ("grub-pc_1_amd64.deb",), []),
-        (EFI_SET, (), ["on a BIOS machine curtin would apt-get install grub-pc:"]),
-        (EFI_SET[1:], ("grub-pc_1_amd64.deb",), ["on a UEFI machine curtin would apt-get "
+        (EFI_SET, (), ["on a BIOS machine curtin would install grub-pc:"]),
+        (EFI_SET[1:], ("grub-pc_1_amd64.deb",), ["on a UEFI machine curtin would "
                                                  "install grub-efi-amd64:"]),
         (("grub-pc", "grub-pc-bin", "grub-efi-amd64-bin"), ("grub-efi-amd64_1_amd64.deb",),
-         ["on a UEFI machine curtin would apt-get install grub-efi-amd64-signed shim-signed "
+         ["on a UEFI machine curtin would install grub-efi-amd64-signed shim-signed "
           "efibootmgr:"]),
     ],
 )  # fmt: skip
@@ -178,6 +178,6 @@ def test_packages_curtin_would_fetch_at_deploy_are_named_per_firmware(
     }
     with open(out, "wb") as f, compress.Compressor(f.write, compress.gzip_codec("fast")) as c:
         tarstream.write_tree(c, root, epoch=EPOCH, overlay=ov)
-    found = [p for p in inspect_image(out).problems if "curtin would apt-get" in p]
+    found = [p for p in inspect_image(out).problems if "curtin would install" in p]
     assert [p[: len(e)] for p, e in zip(found, expected, strict=False)] == expected
     assert len(found) == len(expected)

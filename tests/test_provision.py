@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 
 from imagebuilder.config.tree import Config, resolve
+from imagebuilder.families import apt
 from imagebuilder.progress import Progress
 from imagebuilder.sources.basedisk import BaseDisk
 from imagebuilder.vm import httpserve, provision, seed
@@ -82,7 +83,7 @@ def test_proxy_env_and_apt_conf() -> None:
     assert "https_proxy" not in env
     # the guest fetches --http-dir files from 10.0.2.2 directly, never through the proxy
     assert env["no_proxy"].split(",") == ["corp.lan", "localhost", "127.0.0.1", "10.0.2.2"]
-    conf = provision.apt_proxy_conf(env)
+    conf = apt.proxy_conf(env)
     assert 'Acquire::http::Proxy "http://10.0.2.2:3128";' in conf
     assert "https" not in conf.split("\n", 1)[1]
 
@@ -131,7 +132,7 @@ def test_setup_updates_apt_only_online_and_records_the_boot(tmp_path: Path, offl
     assert s.first_boot == 1700000123
     updates = [c for c in guest.commands if "apt-get" in c and "update" in c]
     assert updates == ([] if offline else ["apt-get -o Acquire::Retries=3 update"])
-    assert ("offline: no apt-get update" in (tmp_path / "build.log").read_text()) is offline
+    assert ("offline: no apt refresh" in (tmp_path / "build.log").read_text()) is offline
 
 
 def test_size_bytes() -> None:

@@ -33,6 +33,7 @@ import pytest
 
 from imagebuilder import run
 from imagebuilder.config.tree import Config, resolve
+from imagebuilder.families import apt
 from imagebuilder.progress import Event, Progress
 from imagebuilder.sources.basedisk import BaseDisk
 from imagebuilder.vm import provision
@@ -319,7 +320,7 @@ def test_disk_is_clean(built: Built) -> None:
     assert not list((root / "var/log").glob("cloud-init*"))
     machine_id = root / "etc/machine-id"
     assert machine_id.exists() and machine_id.stat().st_size == 0
-    assert not (root / provision.PROXY_FILE.lstrip("/")).exists()
+    assert not (root / apt.PROXY_FILE.lstrip("/")).exists()
     assert not (root / "etc/fstab").exists()
     assert not (root / "etc/netplan/50-cloud-init.yaml").exists()
     assert [p.name for p in (root / "var/lib/apt/lists").iterdir() if p.is_file()] == []

@@ -42,6 +42,7 @@ from ..errors import (
     host_package_hint,
 )
 from ..families import catalogue
+from ..families.seam import Release
 from ..progress import Progress
 from ..sources import cache
 from ..sources.basedisk import BaseDisk
@@ -130,10 +131,8 @@ class Recipe:
         """sources.list lines: the release, its updates and its security pocket."""
         comps = " ".join(self.components)
         lines = [f"deb {self.mirror} {s} {comps}" for s in (self.suite, f"{self.suite}-updates")]
-        if self.distro == "ubuntu":
-            lines.append(f"deb {self.mirror} {self.suite}-security {comps}")
-        elif self.mirror.endswith("/debian"):
-            security = self.mirror.removesuffix("/debian") + "/debian-security"
+        security = catalogue.get(self.suite).family.security_mirror(self.mirror)
+        if security is not None:
             lines.append(f"deb {security} {self.suite}-security {comps}")
         return lines
 
@@ -196,20 +195,14 @@ def emulation_problem(arch: str, binfmt_dir: Path | None = None) -> str | None:
     return f"no binfmt_misc entry runs {name} programs (qemu-user-static)"
 
 
-def _separate_resolved(rel: catalogue.Release) -> bool:
-    """systemd-resolved is its own package from Debian 12 and Ubuntu 23.04 on."""
-    major = float(rel.version)
-    return major >= 12 if rel.distro == "debian" else major >= 23.04
-
-
-def package_set(rel: catalogue.Release, arch: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+def package_set(rel: Release, arch: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The sorted package list mmdebstrap installs on top of ``minbase``."""
     if arch not in GRUB_PACKAGES:
         raise BootstrapError(
             f"cannot bootstrap {arch}", hint=f"use one of: {', '.join(GRUB_PACKAGES)}"
         )
     pkgs = {*COMMON_PACKAGES, *GRUB_PACKAGES[arch], rel.kernel_package(arch), *extra}
-    if _separate_resolved(rel):
+    if rel.family.separate_resolved(rel):
         pkgs.add("systemd-resolved")
     return tuple(sorted(pkgs))
 
@@ -444,7 +437,7 @@ def _mmdebstrap(
     rec: Recipe, target: Path, log: Path, progress: Progress, *, epoch: int | None
 ) -> None:
     if not Path(rec.keyring).is_file():
-        pkg = "ubuntu-keyring" if rec.distro == "ubuntu" else "debian-archive-keyring"
+        pkg = catalogue.get(rec.suite).family.keyring_package
         raise BootstrapError(
             f"archive keyring {rec.keyring} is missing", hint=host_package_hint(pkg)
         )
@@ -567,7 +560,7 @@ def _configure(
             target,
             dev,
             arch=rec.arch,
-            bootloader_id="ubuntu" if rec.distro == "ubuntu" else "debian",
+            bootloader_id=catalogue.get(rec.suite).family.bootloader_id,
             root_uuid=layout.root_uuid,
             stage=work / "esp",
             log=log,
@@ -599,7 +592,7 @@ def _configure_system(
             diskimage.in_chroot(
                 target, "update-initramfs", "-c", "-k", version, env=_child_env(epoch)
             )
-        if rec.distro == "ubuntu":
+        if catalogue.get(rec.suite).family.locale_gen_takes_name:
             diskimage.in_chroot(target, "locale-gen", LOCALE)
         else:
             diskimage.write_file(target / "etc/locale.gen", f"{LOCALE} UTF-8\n")

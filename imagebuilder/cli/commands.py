@@ -130,7 +130,7 @@ def cmd_releases(ns: argparse.Namespace) -> int:
         rows.append(
             (
                 r.distro,
-                r.version + (" LTS" if r.lts and r.distro == "ubuntu" else ""),
+                r.display_version(),
                 r.codename,
                 r.status(today),
                 ",".join(r.arches),

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError, UnknownSeriesError
 from ..families import catalogue
+from ..families.seam import Release
 from .choices import Accel, BaseKind, Compression, DiskBackend, FileType, Firmware, Layout
 from .options import BY_KEY, OPTIONS, Option
 
@@ -98,7 +99,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     @property
-    def release(self) -> catalogue.Release:
+    def release(self) -> Release:
         return catalogue.get(self.series)
 
 

@@ -3,7 +3,7 @@
 ``<output>.manifest.json`` records what the file is and how it was made: the
 resolved config (:func:`imagebuilder.config.to_dict`), the base image's origin
 and digest, the disk that was exported, the packages installed in the image (from
-its ``var/lib/dpkg/status``), the output's sha256, size and MAAS filetype, and the
+the package database its family names), the output's sha256, size and MAAS filetype, and the
 ready ``maas $PROFILE boot-resources create ...`` command. ``SHA256SUMS`` in the
 same directory gets (or has replaced) the line for the output. Both are written
 atomically. This module does not read disks or outputs.
@@ -26,37 +26,15 @@ from ..sources.basedisk import BaseDisk
 SUMS = "SHA256SUMS"
 
 
-def parse_dpkg_status(data: bytes) -> list[dict[str, str]]:
-    """Installed packages (name, version, architecture), sorted by name."""
-    pkgs = []
-    for stanza in data.decode("utf-8", "replace").split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in stanza.splitlines():
-            if line[:1] in (" ", "\t") or ":" not in line:
-                continue
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-        if fields.get("Package") and fields.get("Status", "").split()[-1:] == ["installed"]:
-            pkgs.append(
-                {
-                    "name": fields["Package"],
-                    "version": fields.get("Version", ""),
-                    "architecture": fields.get("Architecture", ""),
-                }
-            )
-    return sorted(pkgs, key=lambda p: (p["name"], p["architecture"]))
-
-
 def maas_fields(cfg: Config, path: Path, filetype: str) -> dict[str, str]:
     rel = cfg.release
     suffix = "" if cfg.layout is Layout.CLOUDIMG else f"-{cfg.layout.value}"
-    base_series = rel.codename if rel.distro == "ubuntu" else "jammy"
     return {
         "name": f"custom/{rel.distro}-{rel.codename}{suffix}",
-        "title": f"{rel.distro.capitalize()} {rel.version} {rel.codename}{suffix} (imagebuilder)",
+        "title": f"{rel.family.title} {rel.version} {rel.codename}{suffix} (imagebuilder)",
         "architecture": f"{cfg.arch}/generic",
         "filetype": filetype,
-        "base_image": f"ubuntu/{base_series}",
+        "base_image": rel.family.maas_base_image(rel),
         "content": path.name,
     }
 
@@ -86,7 +64,7 @@ def build(
     sha256: str,
     size: int,
     facts: dict[str, Any],
-    dpkg_status: bytes | None,
+    package_db: bytes | None,
 ) -> dict[str, Any]:
     maas = maas_fields(cfg, output, cfg.output.filetype.value)
     return {
@@ -116,7 +94,9 @@ def build(
             "virtual_size": disk.virtual_size,
             "backing": disk.backing,
         },
-        "packages": parse_dpkg_status(dpkg_status) if dpkg_status is not None else None,
+        "packages": None
+        if package_db is None
+        else cfg.release.family.packages.parse_database(package_db),
         "config": to_dict(cfg),
     }
 

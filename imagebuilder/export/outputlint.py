@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from ..errors import InspectError
-from .manifest import parse_dpkg_status
+from ..families import catalogue
+from ..families.seam import Family, Packages
 
 #: Files whose content the checks read (relative to the image root).
 WANTED = (
@@ -42,7 +43,7 @@ WANTED = (
     "etc/fstab",
     "etc/os-release",
     "usr/lib/os-release",
-    "var/lib/dpkg/status",
+    *sorted({f.packages.database for f in catalogue.FAMILIES}),
 )
 BUILD_USER = "imagebuilder-build"
 FILETYPES = {
@@ -222,12 +223,12 @@ def check_tree(tree: Tree, kind: str, layout: str | None, report: InspectReport)
     """Add the facts and problems of ``tree`` (kind "tar" or "disk") to ``report``."""
     facts, problems = report.facts, report.problems
     osr = _os_release(tree)
-    distro = osr.get("ID", "")
+    family = catalogue.family_named(osr.get("ID", ""))
     facts["os"] = f"{osr.get('PRETTY_NAME', '?')}"
     hook = tree.entries.get("curtin/curtin-hooks")
     pin = tree.files.get("curtin/CUSTOM_KERNEL", b"").decode(errors="replace").strip() or None
     kernels = [n for n in tree.listdir("boot") if n.startswith(("vmlinuz-", "vmlinux-"))]
-    pkgs = parse_dpkg_status(tree.files.get("var/lib/dpkg/status", b""))
+    pkgs = [] if family is None else _packages(tree, family)
     installed = {p["name"] for p in pkgs}
     facts["curtin_hooks"] = (
         "absent"
@@ -245,23 +246,24 @@ def check_tree(tree: Tree, kind: str, layout: str | None, report: InspectReport)
         )
     if pin and pin not in installed:
         problems.append(f"/curtin/CUSTOM_KERNEL pins {pin}, which is not installed in the image")
-    if distro == "debian":
+    if family is not None and not family.maas_installs_kernel:
+        name = family.title
         if hook is None:
             problems.append(
-                "Debian image without /curtin/curtin-hooks: curtin would install "
-                "linux-generic, which Debian does not have"
+                f"{name} image without /curtin/curtin-hooks: curtin would install "
+                f"linux-generic, which {name} does not have"
             )
         if not kernels:
             problems.append(
-                "Debian image without a kernel: curtin would have to fetch "
-                "linux-image-<arch> from MAAS's (Ubuntu) archive"
+                f"{name} image without a kernel: curtin would have to fetch "
+                "one from MAAS's (Ubuntu) archive"
             )
     if pin and not kernels:
         problems.append(f"/curtin/CUSTOM_KERNEL pins {pin} but /boot has no kernel image")
     if kind == "disk" and not kernels:
         problems.append("dd image without a kernel in /boot: it cannot boot")
-    if kind == "tar" and pkgs:
-        problems += _bootloader_problems(tree, pkgs)
+    if kind == "tar" and pkgs and family is not None:
+        problems += _bootloader_problems(tree, pkgs, family)
     facts["cloud_init"] = _exists(tree, "bin/cloud-init")
     facts["netplan"] = _exists(tree, "sbin/netplan")
     if not facts["cloud_init"]:
@@ -301,28 +303,21 @@ def check_tree(tree: Tree, kind: str, layout: str | None, report: InspectReport)
         problems.append("dd image without /etc/fstab entries: curtin keeps the image's own fstab")
 
 
-#: arch -> firmware -> what curtin's hooks apt-get when missing (install_missing_packages;
-#: -signed and shim as MAAS's Ubuntu ephemeral has them); first the grub meta package.
-_CURTIN_WANTS: dict[str, dict[str, tuple[str, ...]]] = {
-    "amd64": {"BIOS": ("grub-pc", "grub-pc-bin"),
-              "UEFI": ("grub-efi-amd64", "grub-efi-amd64-bin", "grub-efi-amd64-signed",
-                       "shim-signed", "efibootmgr")},
-    "arm64": {"UEFI": ("grub-efi-arm64", "grub-efi-arm64-bin", "grub-efi-arm64-signed",
-                       "shim-signed", "efibootmgr")},
-}  # fmt: skip
+def _packages(tree: Tree, family: Family) -> Packages:
+    return family.packages.parse_database(tree.files.get(family.packages.database, b""))
 
 
-def _bootloader_problems(tree: Tree, pkgs: list[dict[str, str]]) -> list[str]:
-    """What curtin would apt-get at deploy, per firmware; /curtin/debs counts for the meta."""
-    arch = next((p["architecture"] for p in pkgs if p["name"] == "dpkg"), "")
+def _bootloader_problems(tree: Tree, pkgs: Packages, family: Family) -> list[str]:
+    """What curtin would install at deploy, per firmware; /curtin/debs counts for the meta."""
+    arch = next((p["architecture"] for p in pkgs if p["name"] == family.packages.native), "")
     installed = {p["name"] for p in pkgs}
     carried = {n.split("_")[0] for n in tree.listdir("curtin/debs") if n.endswith(".deb")}
     out = []
-    for firmware, wants in _CURTIN_WANTS.get(arch, {}).items():
+    for firmware, wants in family.curtin_installs.get(arch, {}).items():
         missing = [p for p in wants if p not in installed and not (p == wants[0] and p in carried)]
         if missing:
             out.append(
-                f"on a {firmware} machine curtin would apt-get install {' '.join(missing)}: "
+                f"on a {firmware} machine curtin would install {' '.join(missing)}: "
                 "the deploy fails where MAAS has no mirror (rebuild with this imagebuilder)"
             )
     return out

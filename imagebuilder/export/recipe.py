@@ -75,7 +75,7 @@ class _Facts:
     epoch: int | None = None
     root: str = ""
     backend: str = ""
-    dpkg_status: bytes | None = None
+    package_db: bytes | None = None  # the family's installed-package database
     curtin: list[str] = field(default_factory=list)
     emptied: list[str] = field(default_factory=list)
     stream_bytes: int = 0
@@ -221,7 +221,7 @@ def export_disk(
             "emptied": facts.emptied,
             "uncompressed_size": facts.stream_bytes,
         },
-        dpkg_status=facts.dpkg_status,
+        package_db=facts.package_db,
     )
     progress.info(f"{out} ({sink.size} bytes, sha256 {sha})")
     return ExportResult(out, sha, sink.size, ft, manifest_path, sums_path)
@@ -293,7 +293,7 @@ def _tar_mounted(
     progress: Progress,
     codec: compress.Codec,
 ) -> None:
-    facts.dpkg_status = access.read_in_root(view.root, "var/lib/dpkg/status")
+    facts.package_db = access.read_in_root(view.root, cfg.release.family.packages.database)
     existing = access.listdir_in_root(view.root, "curtin")
     files = curtin.hook_files(cfg, base, existing or [])
     facts.curtin = [f.name for f in files if not f.is_dir]
@@ -337,7 +337,7 @@ def _tar_guestfs(
     with appliance.session(info, readonly=True, force_tcg=_force_tcg(cfg, progress)) as g:
         appliance.mount_fs(g, layout, readonly=True)
         reader = appliance.GuestfsEditor(g)
-        facts.dpkg_status = reader.read("/var/lib/dpkg/status")
+        facts.package_db = reader.read("/" + cfg.release.family.packages.database)
         existing = reader.listdir("/curtin")
         files = curtin.hook_files(cfg, base, existing or [])
         facts.curtin = [f.name for f in files if not f.is_dir]
@@ -420,7 +420,7 @@ def _add_curtin(
     existing = ed.listdir("/curtin")
     files = curtin.hook_files(cfg, base, existing or [])
     facts.curtin = [f.name for f in files if not f.is_dir]
-    facts.dpkg_status = ed.read("/var/lib/dpkg/status")
+    facts.package_db = ed.read("/" + cfg.release.family.packages.database)
     return overlay.add_curtin(ed, files, existing is not None, facts.epoch or 0)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..config.choices import Layout
 from ..errors import ConfigError, SourceError
-from ..families.catalogue import Release
+from ..families.seam import Release
 from ..vm import qemu, seed
 from . import iso
 

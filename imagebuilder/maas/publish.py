@@ -175,8 +175,7 @@ def _default_base_image(series: str | None) -> str:
             rel = catalogue.get(series)
         except ImageBuilderError:
             return FALLBACK_BASE_IMAGE
-        if rel.distro == "ubuntu":
-            return f"ubuntu/{rel.codename}"
+        return rel.family.maas_base_image(rel)
     return FALLBACK_BASE_IMAGE
 
 

@@ -92,7 +92,7 @@ def current_inputs(cfg: Config) -> Inputs:
 
 def _serial(cfg: Config, url: str) -> str | None:
     """The build serial of a daily ``current/`` image, from its ``unpacked/build-info.txt``."""
-    if cfg.source.serial or cfg.source.offline or cfg.release.distro != "ubuntu":
+    if cfg.source.serial or cfg.source.offline or not cfg.release.family.daily_serials:
         return cfg.source.serial
     info = url.rsplit("/", 1)[0] + "/unpacked/build-info.txt"
     try:

@@ -28,7 +28,7 @@ import requests
 
 from ..config.tree import Config
 from ..errors import ChecksumError, OfflineError, SignatureError, SourceError
-from ..families.catalogue import Release
+from ..families.seam import Release
 from ..progress import Progress
 from ..run import run
 from . import cache, download

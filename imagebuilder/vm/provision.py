@@ -35,7 +35,6 @@ from .seed import SEEDS_DIR, write_seed
 from .ssh import BuildLog, Disconnected, Guest
 
 BUILD_USER = "imagebuilder-build"
-PROXY_FILE = "/etc/apt/apt.conf.d/90imagebuilder-proxy"
 REMOTE_SCRIPT = f"/home/{BUILD_USER}/customize"
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
@@ -97,7 +96,7 @@ def build_env(cfg: Config, epoch: int | None = None) -> dict[str, str]:
     and ``SOURCE_DATE_EPOCH`` (the outputs' epoch) for the tools that honour it
     (initramfs-tools, python's byte-compiler, mtools...), so what they write is the same
     in every build."""
-    env = {"DEBIAN_FRONTEND": "noninteractive", **proxy_env(cfg)}
+    env = {**cfg.release.family.packages.env, **proxy_env(cfg)}
     if epoch is not None:
         env["SOURCE_DATE_EPOCH"] = str(epoch)
     return env
@@ -116,13 +115,6 @@ def proxy_env(cfg: Config) -> dict[str, str]:
         ]
         env["no_proxy"] = env["NO_PROXY"] = ",".join(hosts)
     return env
-
-
-def apt_proxy_conf(env: dict[str, str]) -> str:
-    lines = [
-        f'Acquire::{k[:-6]}::Proxy "{env[k]}";' for k in ("http_proxy", "https_proxy") if k in env
-    ]
-    return "// imagebuilder: for the build only, removed before export\n" + "\n".join(lines) + "\n"
 
 
 # ---- the steps --------------------------------------------------------------------------
@@ -145,13 +137,14 @@ def step_wait_cloud_init(s: Session) -> None:
 
 
 def write_proxy_file(s: Session) -> None:
-    """apt's proxy settings for the build (hygiene removes the file)."""
+    """The package manager's proxy settings for the build (hygiene removes the file)."""
     if any(k in s.env for k in ("http_proxy", "https_proxy")):
-        q = shlex.quote(PROXY_FILE)
-        conf = apt_proxy_conf(s.env).encode()
+        pm = s.cfg.release.family.packages
+        q = shlex.quote(pm.proxy_file)
+        conf = pm.proxy_conf(s.env).encode()
         result = s.guest.run(f"cat > {q} && chmod 644 {q}", input=conf)
         if result.status != 0:
-            raise s.fail("writing the apt proxy file failed", result.tail_text())
+            raise s.fail(f"writing the {pm.name} proxy file failed", result.tail_text())
 
 
 def record_first_boot(s: Session) -> None:
@@ -164,17 +157,13 @@ def record_first_boot(s: Session) -> None:
 def step_setup(s: Session) -> None:
     record_first_boot(s)
     write_proxy_file(s)
+    pm = s.cfg.release.family.packages
     if s.cfg.source.offline:
-        s.log.write("offline: no apt-get update (apt works from what the image has)")
+        s.log.write(f"offline: no {pm.name} refresh (it works from what the image has)")
     else:
-        s.root("apt-get update", "apt-get -o Acquire::Retries=3 update")
+        s.root(f"{pm.name} refresh", pm.refresh)
     if purges_kernel(s.base, s.cfg):
-        s.root(
-            "purging the cloud image's kernel",
-            "pkgs=$(dpkg-query -W -f '${db:Status-Abbrev} ${Package}\\n' 'linux-image-*' "
-            "linux-virtual 2>/dev/null | awk '$1 ~ /^[ih]i/ {print $2}'); "
-            '{ [ -z "$pkgs" ] || apt-get -y purge $pkgs; } && apt-get -y autoremove --purge',
-        )
+        s.root("purging the cloud image's kernel", pm.remove_kernels)
 
 
 def step_customize(s: Session) -> None:
@@ -215,14 +204,18 @@ def kernel_package(base: BaseDisk, cfg: Config) -> str | None:
     """What /curtin/CUSTOM_KERNEL names: --kernel, else a Debian/bootstrap base's own kernel."""
     if cfg.provision.kernel:
         return cfg.provision.kernel
-    if cfg.release.distro == "debian":
+    if not cfg.release.family.maas_installs_kernel:
         return base.kernel or cfg.release.kernel_package(cfg.arch)
     return base.kernel if base.kind == "bootstrap" else None
 
 
 def purges_kernel(base: BaseDisk, cfg: Config) -> bool:
     """Ubuntu cloud images ship without a kernel (MAAS installs one), as packer-maas does."""
-    return cfg.release.distro == "ubuntu" and base.kind == "cloud" and not cfg.provision.kernel
+    return (
+        cfg.release.family.maas_installs_kernel
+        and base.kind == "cloud"
+        and not cfg.provision.kernel
+    )
 
 
 def step_kernel(s: Session) -> None:
@@ -230,7 +223,7 @@ def step_kernel(s: Session) -> None:
     assert pkg is not None
     q = shlex.quote(pkg)
     if s.cfg.provision.kernel:
-        s.root(f"installing kernel {pkg}", f"apt-get -y install {q}")
+        s.root(f"installing kernel {pkg}", s.cfg.release.family.packages.install(q))
     s.root(
         "recording the kernel", f"mkdir -p /curtin && printf '%s\\n' {q} > /curtin/CUSTOM_KERNEL"
     )
@@ -252,7 +245,7 @@ def step_hygiene(s: Session) -> None:
     settings = {
         "IB_USER": BUILD_USER,
         "IB_KEY": s.guest.keys.client.public_openssh.split()[1],
-        "IB_PROXY_FILE": PROXY_FILE,
+        "IB_PROXY_FILE": s.cfg.release.family.packages.proxy_file,
         # dd outputs boot their own fstab (curtin keeps it); tar outputs get curtin's.
         "IB_REMOVE_FSTAB": "0" if s.cfg.output.filetype in DD_TYPES else "1",
     }

@@ -1,0 +1,73 @@
+"""What the two dpkg families (Debian, Ubuntu) share: apt and dpkg inside the guest.
+
+The package manager's commands as shell text, the dpkg status database and how to
+read it for the manifest, the proxy file apt reads, and what curtin's hooks install
+on a dpkg system when a package is missing (``install_missing_packages``). Pure
+knowledge: nothing here runs a program or opens a disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .seam import GuestPackages, Packages
+
+DPKG_STATUS = "var/lib/dpkg/status"
+PROXY_FILE = "/etc/apt/apt.conf.d/90imagebuilder-proxy"
+
+#: arch -> firmware -> what curtin's hooks install when missing (install_missing_packages;
+#: -signed and shim as MAAS's Ubuntu ephemeral has them); first the grub meta package.
+CURTIN_INSTALLS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
+    "amd64": {"BIOS": ("grub-pc", "grub-pc-bin"),
+              "UEFI": ("grub-efi-amd64", "grub-efi-amd64-bin", "grub-efi-amd64-signed",
+                       "shim-signed", "efibootmgr")},
+    "arm64": {"UEFI": ("grub-efi-arm64", "grub-efi-arm64-bin", "grub-efi-arm64-signed",
+                       "shim-signed", "efibootmgr")},
+}  # fmt: skip
+
+
+def parse_dpkg_status(data: bytes) -> Packages:
+    """Installed packages (name, version, architecture) of a dpkg status file, sorted."""
+    pkgs = []
+    for stanza in data.decode("utf-8", "replace").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line[:1] in (" ", "\t") or ":" not in line:
+                continue
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+        if fields.get("Package") and fields.get("Status", "").split()[-1:] == ["installed"]:
+            pkgs.append(
+                {
+                    "name": fields["Package"],
+                    "version": fields.get("Version", ""),
+                    "architecture": fields.get("Architecture", ""),
+                }
+            )
+    return sorted(pkgs, key=lambda p: (p["name"], p["architecture"]))
+
+
+def proxy_conf(env: Mapping[str, str]) -> str:
+    """apt's proxy settings for the build (``http_proxy``/``https_proxy`` of ``env``)."""
+    lines = [
+        f'Acquire::{k[:-6]}::Proxy "{env[k]}";' for k in ("http_proxy", "https_proxy") if k in env
+    ]
+    return "// imagebuilder: for the build only, removed before export\n" + "\n".join(lines) + "\n"
+
+
+GUEST = GuestPackages(
+    name="apt",
+    env={"DEBIAN_FRONTEND": "noninteractive"},
+    refresh="apt-get -o Acquire::Retries=3 update",
+    install=lambda quoted: f"apt-get -y install {quoted}",
+    remove_kernels=(
+        "pkgs=$(dpkg-query -W -f '${db:Status-Abbrev} ${Package}\\n' 'linux-image-*' "
+        "linux-virtual 2>/dev/null | awk '$1 ~ /^[ih]i/ {print $2}'); "
+        '{ [ -z "$pkgs" ] || apt-get -y purge $pkgs; } && apt-get -y autoremove --purge'
+    ),
+    database=DPKG_STATUS,
+    parse_database=parse_dpkg_status,
+    native="dpkg",
+    proxy_file=PROXY_FILE,
+    proxy_conf=proxy_conf,
+)

@@ -1,0 +1,135 @@
+"""The OS-family seam: what one family module fills in so every stage can build it.
+
+A :class:`Family` is data and small pure functions: where its cloud images and
+archives live, the package manager's commands inside the guest, its kernel policy,
+the EFI directory of its bootloader, what curtin installs on it when missing, the
+``base_image`` MAAS needs for it, its installer. A :class:`Release` is one series of
+a family. The stages (vm, base, installer, export, maas) ask ``release.family``;
+none of them branches on a distribution's name.
+
+Must not import anything above the ground, run a program, or touch a disk or the
+network: it is the shape of the knowledge, not the work.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+#: Package name -> (version, architecture) lists, as the manifest and inspect read them.
+Packages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class GuestPackages:
+    """The package manager inside the build VM, as shell text run as root."""
+
+    name: str  # what the build log calls it ("apt")
+    env: Mapping[str, str]  # for every root command: no prompts
+    refresh: str  # fetch the indexes
+    install: Callable[[str], str]  # shell-quoted package names -> command
+    remove_kernels: str  # purge every kernel the image carries
+    database: str  # the installed-package database, relative to /
+    parse_database: Callable[[bytes], Packages]
+    native: str  # a package always installed for the system's own architecture
+    proxy_file: str  # where the build's proxy settings go (removed by hygiene)
+    proxy_conf: Callable[[Mapping[str, str]], str]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One OS family: everything the stages must know to build and check its images."""
+
+    name: str  # the os-release ID and the ``distro`` column
+    title: str  # for MAAS titles: "Debian"
+    packages: GuestPackages
+    cloud_mirror: str
+    #: (release, arch, released) -> image file name; (release, mirror, serial, released) -> dir.
+    image_filename: Callable[[Release, str, bool], str]
+    image_dir_url: Callable[[Release, str | None, str | None, bool], str]
+    archive_mirror: Callable[[str], str]  # arch -> default package mirror for a bootstrap
+    archive_keyring: str
+    keyring_package: str  # the host package that ships ``archive_keyring``
+    bootstrap_components: tuple[str, ...]
+    #: package mirror -> where its security updates are (None: not known for that mirror).
+    security_mirror: Callable[[str], str | None]
+    kernel_package: Callable[[str, str | None], str]  # (arch, flavour) -> package
+    #: MAAS installs a kernel on it (Ubuntu): cloud images lose theirs, nothing is pinned.
+    maas_installs_kernel: bool
+    maas_base_image: Callable[[Release], str]
+    bootloader_id: str  # the EFI directory grub is installed under
+    #: What curtin's hooks install at deploy when missing: arch -> firmware -> packages,
+    #: the first being the one a carried package file may stand in for.
+    curtin_installs: Mapping[str, Mapping[str, tuple[str, ...]]]
+    #: Which release has systemd-resolved as its own package.
+    separate_resolved: Callable[[Release], bool]
+    installer: str  # "debian-installer" | "subiquity"
+    extended_support: str  # how ``releases`` names the security-only years
+    lts_in_version: bool  # "22.04 LTS"
+    daily_serials: bool  # daily images carry unpacked/build-info.txt with their serial
+    locale_gen_takes_name: bool  # ``locale-gen NAME`` instead of /etc/locale.gen
+
+
+@dataclass(frozen=True)
+class Release:
+    """One series of a family: its names, dates, architectures and image files."""
+
+    family: Family
+    codename: str
+    version: str
+    lts: bool
+    released: _dt.date
+    eol: _dt.date  # end of standard support
+    extended_eol: _dt.date | None = None  # end of security-only support
+    arches: tuple[str, ...] = ("amd64", "arm64")
+    #: Kernel package names by flavour; the first is the default.
+    kernels: tuple[str, ...] = ()
+    checksum_file: str = "SHA256SUMS"
+    signature_file: str | None = "SHA256SUMS.gpg"
+    default_keyring: str | None = None
+    extra_notes: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.codename
+
+    @property
+    def distro(self) -> str:
+        return self.family.name
+
+    def status(self, today: _dt.date | None = None) -> str:
+        today = today or _dt.date.today()
+        if today < self.released:
+            return "development"
+        if today > self.eol:
+            if self.extended_eol and today <= self.extended_eol:
+                return self.family.extended_support
+            return "end of life"
+        return "supported (LTS)" if self.lts and self.family.lts_in_version else "supported"
+
+    def display_version(self) -> str:
+        return self.version + (" LTS" if self.lts and self.family.lts_in_version else "")
+
+    def kernel_package(self, arch: str, flavour: str | None = None) -> str:
+        """The kernel package MAAS/curtin should install for this release."""
+        return self.family.kernel_package(arch, flavour)
+
+    def image_filename(self, arch: str, *, released: bool = False) -> str:
+        return self.family.image_filename(self, arch, released)
+
+    def image_dir_url(
+        self, mirror: str | None = None, *, serial: str | None = None, released: bool = False
+    ) -> str:
+        """Directory holding the image and its checksum/signature files (``serial`` pins it)."""
+        return self.family.image_dir_url(self, mirror, serial, released)
+
+    def archive_mirror(self, arch: str) -> str:
+        """Default package mirror for bootstrapping this release."""
+        return self.family.archive_mirror(arch)
+
+    def archive_keyring(self) -> str:
+        return self.family.archive_keyring
+
+    def bootstrap_components(self) -> tuple[str, ...]:
+        return self.family.bootstrap_components
