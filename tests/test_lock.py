@@ -21,6 +21,7 @@ import pytest
 from imagebuilder.base import bootstrap, pkgversions
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ChecksumError, ConfigError, DownloadError, OfflineError, SourceError
+from imagebuilder.families import aptresolve
 from imagebuilder.progress import Progress
 from imagebuilder.repro import lock
 from imagebuilder.repro.lock import BootstrapPin, CloudPin, Inputs, Lock
@@ -376,7 +377,10 @@ def test_versions_are_read_from_the_disk_when_meta_lacks_them(tmp_path: Path) ->
     disk = make_rootless_disk(tmp_path, status)
     cfg = boot_cfg(tmp_path, offline=True)
     dest = fake_base(cfg, None, disk)
-    assert pkgversions.base_versions(dest) == {"libc6": "2.36-9", "zlib1g": "1:1.2.13.dfsg-1"}
+    assert pkgversions.base_versions(dest, cfg.release.family) == {
+        "libc6": "2.36-9",
+        "zlib1g": "1:1.2.13.dfsg-1",
+    }
     lk = lock.resolve_lock(cfg, Progress())
     assert lk.bootstrap is not None and lk.bootstrap.packages["zlib1g"] == "1:1.2.13.dfsg-1"
 
@@ -459,7 +463,7 @@ def mirror(tmp_path_factory: pytest.TempPathFactory, keys: GpgKeys) -> Path:
 
 
 def test_apt_resolves_what_mmdebstrap_minbase_installs(mirror: Path, keys: GpgKeys) -> None:
-    res = pkgversions.resolve_versions(
+    res = aptresolve.resolve_versions(
         sources=[
             f"deb file://{mirror} bookworm main",
             f"deb file://{mirror} bookworm-updates main",
@@ -487,7 +491,7 @@ def test_apt_resolution_errors_name_the_problem(
 ) -> None:
     src = [f"deb file://{mirror} bookworm main"]
     with pytest.raises(SourceError, match="no package no-such-pkg"):
-        pkgversions.resolve_versions(
+        aptresolve.resolve_versions(
             sources=src,
             suite="bookworm",
             arch="amd64",
@@ -501,6 +505,6 @@ def test_apt_resolution_errors_name_the_problem(
         ).stdout
     )
     with pytest.raises(DownloadError, match="apt-get update failed"):
-        pkgversions.resolve_versions(
+        aptresolve.resolve_versions(
             sources=src, suite="bookworm", arch="amd64", keyring=stranger, include=[]
         )

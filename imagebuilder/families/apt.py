@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from . import aptresolve
 from .seam import GuestPackages, Packages
 
 DPKG_STATUS = "var/lib/dpkg/status"
@@ -67,6 +68,7 @@ GUEST = GuestPackages(
     ),
     database=DPKG_STATUS,
     parse_database=parse_dpkg_status,
+    versions=aptresolve.status_versions,
     native="dpkg",
     proxy_file=PROXY_FILE,
     proxy_conf=proxy_conf,

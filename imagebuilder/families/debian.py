@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from . import apt
+from . import apt, aptresolve
 from .seam import Family, Release
 
 CLOUD_MIRROR = "https://cloud.debian.org/images/cloud"
@@ -56,6 +56,7 @@ FAMILY = Family(
     maas_base_image=lambda rel: MAAS_BASE_IMAGE,
     bootloader_id="debian",
     curtin_installs=apt.CURTIN_INSTALLS,
+    resolve_versions=aptresolve.resolve_versions,
     separate_resolved=lambda rel: float(rel.version) >= 12,
     installer="debian-installer",
     extended_support="Debian LTS (security only)",

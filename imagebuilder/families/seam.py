@@ -14,8 +14,18 @@ network: it is the shape of the knowledge, not the work.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a mirror would install: name -> version, and its Release dates."""
+
+    packages: dict[str, str]
+    release_dates: dict[str, int]  # suite -> Date: of its (In)Release file, epoch seconds
+
 
 #: Package name -> (version, architecture) lists, as the manifest and inspect read them.
 Packages = list[dict[str, str]]
@@ -32,6 +42,7 @@ class GuestPackages:
     remove_kernels: str  # purge every kernel the image carries
     database: str  # the installed-package database, relative to /
     parse_database: Callable[[bytes], Packages]
+    versions: Callable[[str], dict[str, str]]  # database text -> installed name -> version
     native: str  # a package always installed for the system's own architecture
     proxy_file: str  # where the build's proxy settings go (removed by hygiene)
     proxy_conf: Callable[[Mapping[str, str]], str]
@@ -62,6 +73,9 @@ class Family:
     #: What curtin's hooks install at deploy when missing: arch -> firmware -> packages,
     #: the first being the one a carried package file may stand in for.
     curtin_installs: Mapping[str, Mapping[str, tuple[str, ...]]]
+    #: What a bootstrap from the mirror installs, resolved on the host without a VM:
+    #: (sources lines, suite, arch, keyring, packages) -> resolution.
+    resolve_versions: Callable[[Sequence[str], str, str, Path, Sequence[str]], Resolution]
     #: Which release has systemd-resolved as its own package.
     separate_resolved: Callable[[Release], bool]
     installer: str  # "debian-installer" | "subiquity"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from . import apt
+from . import apt, aptresolve
 from .seam import Family, Release
 
 CLOUD_MIRROR = "https://cloud-images.ubuntu.com"
@@ -53,6 +53,7 @@ FAMILY = Family(
     maas_base_image=lambda rel: f"ubuntu/{rel.codename}",
     bootloader_id="ubuntu",
     curtin_installs=apt.CURTIN_INSTALLS,
+    resolve_versions=aptresolve.resolve_versions,
     separate_resolved=lambda rel: float(rel.version) >= 23.04,
     installer="subiquity",
     extended_support="ESM only",

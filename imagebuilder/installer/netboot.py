@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base.pkgversions import apt_root
 from ..config.tree import Config
 from ..errors import CommandError, ConfigError, DownloadError, OfflineError, SourceError
+from ..families.aptresolve import apt_root
 from ..progress import Progress
 from ..run import run, spawn
 from ..sources import cache

@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 from ..base import bootstrap, pkgversions
 from ..config.tree import BaseKind, Config, resolve
 from ..errors import ConfigError, DownloadError, OfflineError
+from ..families import catalogue
+from ..families.seam import Resolution
 from ..progress import Progress
 from ..resources import data_dir
 from ..sources import cache, download, images
@@ -114,14 +116,13 @@ def _cloud_pin(cfg: Config, progress: Progress) -> CloudPin:
     return CloudPin(rec.url, rec.name, rec.sha256, rec.size, rec.date, serial, rec.verified)
 
 
-def _from_mirror(rec: bootstrap.Recipe, progress: Progress) -> pkgversions.Resolution:
-    progress.info(f"resolving {len(rec.packages)} packages and their dependencies with apt")
-    return pkgversions.resolve_versions(
-        sources=rec.sources(),
-        suite=rec.suite,
-        arch=rec.arch,
-        keyring=Path(rec.keyring),
-        include=rec.packages,
+def _from_mirror(rec: bootstrap.Recipe, progress: Progress) -> Resolution:
+    family = catalogue.get(rec.suite).family
+    progress.info(
+        f"resolving {len(rec.packages)} packages and their dependencies with {family.packages.name}"
+    )
+    return family.resolve_versions(
+        rec.sources(), rec.suite, rec.arch, Path(rec.keyring), rec.packages
     )
 
 
@@ -131,7 +132,7 @@ def _bootstrap_pin(cfg: Config, progress: Progress) -> BootstrapPin:
     dates: dict[str, int] = {}
     if cached is not None:
         progress.info(f"reading package versions from the cached base {rec.name}")
-        versions = pkgversions.base_versions(cached.path.parent)
+        versions = pkgversions.base_versions(cached.path.parent, cfg.release.family)
         origin = f"base disk {rec.name}"
     elif cfg.source.offline:
         raise OfflineError(
@@ -294,7 +295,9 @@ def _check_bootstrap(cfg: Config, pin: BootstrapPin) -> list[str]:
         out.append(f"archive keyring {keyring} differs from the one locked")
     cached = bootstrap.cached_base(cfg.source.cache_dir, rec)
     if cached is not None and not out:
-        diffs = compare_versions(pin.packages, pkgversions.base_versions(cached.path.parent))
+        diffs = compare_versions(
+            pin.packages, pkgversions.base_versions(cached.path.parent, cfg.release.family)
+        )
         if diffs:
             out.append(f"cached base {rec.name} has other packages: {_listing(diffs)}")
     return out
@@ -342,7 +345,8 @@ def check_base(base: BaseDisk, lock: Lock) -> None:
         )
     if lock.bootstrap is not None:
         diffs = compare_versions(
-            lock.bootstrap.packages, pkgversions.base_versions(base.path.parent)
+            lock.bootstrap.packages,
+            pkgversions.base_versions(base.path.parent, catalogue.get(lock.series).family),
         )
         if diffs:
             raise ConfigError(
