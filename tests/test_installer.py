@@ -18,7 +18,9 @@ from imagebuilder.config.choices import Layout
 from imagebuilder.config.tree import Firmware
 from imagebuilder.errors import ConfigError, SourceError
 from imagebuilder.export import curtin
+from imagebuilder.families import ubuntu_installer
 from imagebuilder.families.catalogue import get as release
+from imagebuilder.families.seam import IsoEntry
 from imagebuilder.installer import boot as installer
 from imagebuilder.installer import iso
 from imagebuilder.vm import qemu
@@ -58,7 +60,7 @@ def test_kernel_and_initrd_read_back_from_a_live_server_iso(
     source = make_iso(tmp_path / "live.iso", LIVE_SERVER, rock_ridge=rock_ridge, joliet=joliet)
     out = tmp_path / "out"
     out.mkdir()
-    boot = installer.extract_boot_files(source, out, "amd64")
+    boot = installer.extract_boot_files(source, out, "amd64", ubuntu_installer.KIND)
     assert hashlib.sha256(boot.kernel.read_bytes()).digest() == hashlib.sha256(KERNEL).digest()
     assert boot.initrd.read_bytes() == INITRD
     assert sorted(p.name for p in out.iterdir()) == sorted([boot.kernel.name, boot.initrd.name])
@@ -78,7 +80,7 @@ def test_missing_kernel_names_the_member_and_leaves_nothing(tmp_path: Path) -> N
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(SourceError, match="casper/initrd"):
-        installer.extract_boot_files(source, out, "amd64")
+        installer.extract_boot_files(source, out, "amd64", ubuntu_installer.KIND)
     assert not any(p.name.endswith(".partial") for p in out.iterdir())
 
 
@@ -107,23 +109,25 @@ SUMS = """\
 
 
 def test_live_server_iso_found_in_sha256sums_by_name() -> None:
-    entry = installer.find_live_server_iso(SUMS, "amd64")
-    assert entry == installer.IsoEntry("ubuntu-22.04.4-live-server-amd64.iso", "c" * 64)
-    assert installer.find_live_server_iso(SUMS, "arm64").sha256 == "d" * 64
+    entry = ubuntu_installer.find_live_server_iso(SUMS, "amd64")
+    assert entry == IsoEntry("ubuntu-22.04.4-live-server-amd64.iso", "c" * 64)
+    assert ubuntu_installer.find_live_server_iso(SUMS, "arm64").sha256 == "d" * 64
     with pytest.raises(SourceError, match="no live-server ISO for riscv64"):
-        installer.find_live_server_iso(SUMS, "riscv64")
+        ubuntu_installer.find_live_server_iso(SUMS, "riscv64")
 
 
 def test_iso_directory_urls() -> None:
     jammy = release("jammy")
-    assert installer.live_server_dir_url(jammy, "amd64") == "https://releases.ubuntu.com/jammy"
     assert (
-        installer.live_server_dir_url(jammy, "arm64")
+        ubuntu_installer.live_server_dir_url(jammy, "amd64") == "https://releases.ubuntu.com/jammy"
+    )
+    assert (
+        ubuntu_installer.live_server_dir_url(jammy, "arm64")
         == "https://cdimage.ubuntu.com/releases/jammy/release"
     )
-    assert installer.live_server_dir_url(jammy, "amd64", "http://m/") == "http://m/jammy"
-    with pytest.raises(ConfigError):
-        installer.live_server_dir_url(release("bookworm"), "amd64")
+    assert ubuntu_installer.live_server_dir_url(jammy, "amd64", "http://m/") == "http://m/jammy"
+    debian_kind = release("bookworm").family.installer
+    assert debian_kind is not None and debian_kind.iso_dir_url is None  # netboot or --iso
 
 
 # ---- the installer VM -----------------------------------------------------------------------
@@ -146,10 +150,10 @@ def test_installer_argv_boots_the_iso_kernel_with_autoinstall(tmp_path: Path) ->
     boot = installer.InstallerBoot(
         kernel=tmp_path / "vmlinuz",
         initrd=tmp_path / "initrd",
-        cmdline=installer.kernel_cmdline("amd64"),
+        cmdline=ubuntu_installer.kernel_cmdline("amd64"),
         cdrom=tmp_path / "live,server.iso",
     )
-    spec = installer.installer_spec(_spec(tmp_path), boot)
+    spec = installer.installer_spec(_spec(tmp_path), boot, min_memory=ubuntu_installer.MIN_MEMORY)
     argv = qemu.qemu_argv(spec)
     assert _after(argv, "-kernel") == [str(tmp_path / "vmlinuz")]
     assert _after(argv, "-initrd") == [str(tmp_path / "initrd")]
@@ -164,13 +168,13 @@ def test_installer_argv_boots_the_iso_kernel_with_autoinstall(tmp_path: Path) ->
     (netdev,) = _after(argv, "-netdev")
     forwards = [f for f in netdev.split(",") if f.startswith("hostfwd=")]
     assert forwards == ["hostfwd=tcp:127.0.0.1:2222-:22"]
-    assert int(_after(argv, "-m")[0]) >= installer.MIN_MEMORY
+    assert int(_after(argv, "-m")[0]) >= ubuntu_installer.MIN_MEMORY
     assert not any("passw" in a.lower() for a in argv)
 
 
 def test_arm64_installer_uses_virtio_scsi_cdrom_and_pl011_console(tmp_path: Path) -> None:
     boot = installer.InstallerBoot(
-        tmp_path / "k", tmp_path / "i", installer.kernel_cmdline("arm64"), tmp_path / "a.iso"
+        tmp_path / "k", tmp_path / "i", ubuntu_installer.kernel_cmdline("arm64"), tmp_path / "a.iso"
     )
     argv = installer.installer_args("arm64", boot)
     assert "scsi-cd,bus=scsi0.0,drive=cd0" in argv
@@ -192,7 +196,11 @@ def _keys_named(doc: Any) -> list[str]:
 
 @pytest.mark.parametrize(("layout", "name"), [(Layout.FLAT, "direct"), (Layout.LVM, "lvm")])
 def test_autoinstall_seed_on_a_cidata_iso(tmp_path: Path, layout: Layout, name: str) -> None:
-    path = installer.write_autoinstall_seed(tmp_path / "seed.iso", layout=layout, instance_id="i-1")
+    answers = ubuntu_installer.render_user_data(layout=layout)
+    path = installer.write_answers_seed(
+        tmp_path / "seed.iso", ubuntu_installer.KIND, answers, instance_id="i-1",
+        hostname="imagebuilder",
+    )  # fmt: skip
     with iso.open_iso(path) as opened:
         assert opened.pvd.volume_identifier.decode().strip() == "cidata"
     text = iso.extract(path, "user-data", tmp_path / "user-data").read_text()
@@ -222,20 +230,20 @@ def test_autoinstall_seed_on_a_cidata_iso(tmp_path: Path, layout: Layout, name: 
 
 
 def test_proxy_goes_to_the_installer_and_cloudimg_is_refused() -> None:
-    text = installer.render_autoinstall(layout=Layout.LVM, proxy="http://10.0.2.2:3128")
+    text = ubuntu_installer.render_user_data(layout=Layout.LVM, proxy="http://10.0.2.2:3128")
     assert yaml.safe_load(text)["autoinstall"]["proxy"] == "http://10.0.2.2:3128"
     with pytest.raises(ConfigError, match="not an installer build"):
-        installer.render_autoinstall(layout=Layout.CLOUDIMG)
+        ubuntu_installer.render_user_data(layout=Layout.CLOUDIMG)
 
 
 def test_installer_failure_lines_are_found_after_the_offset(tmp_path: Path) -> None:
     log = tmp_path / "serial.log"
     log.write_bytes(b"booting\n\x1b[31mAn error occurred. Press enter to start a shell\x1b[0m\n")
-    line, end = installer._fatal_line(log, 0)
+    line, end = installer._fatal_line(log, 0, ubuntu_installer.KIND.fatal)
     assert line == "An error occurred. Press enter to start a shell"
     assert end == log.stat().st_size
     log.write_bytes(log.read_bytes() + b"x" * 1000 + b"\nstill fine\n")
-    assert installer._fatal_line(log, log.stat().st_size)[0] is None
+    assert installer._fatal_line(log, log.stat().st_size, ubuntu_installer.KIND.fatal)[0] is None
 
 
 # ---- /curtin of installer images ------------------------------------------------------------

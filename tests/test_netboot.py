@@ -15,7 +15,8 @@ import requests
 from imagebuilder.config.choices import FileType, Firmware, Layout
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ConfigError, DownloadError, OfflineError, SourceError
-from imagebuilder.installer import boot, netboot, preseed, udebcheck
+from imagebuilder.families import debian_installer as preseed
+from imagebuilder.installer import netboot, udebcheck
 from imagebuilder.progress import Progress
 from imagebuilder.sources import download
 from tests.fakes.cloudimages import CloudImages, GpgKeys
@@ -109,8 +110,8 @@ def render(layout: Layout, firmware: Firmware, **kw: Any) -> str:
     args: dict[str, Any] = {
         "suite": "bookworm",
         "mirror": "http://deb.debian.org/debian",
-        "layout": layout,
-        "firmware": firmware,
+        "layout": layout.value,  # the family takes plain values, as the installer stage passes
+        "firmware": firmware.value,
         "kernel": "linux-image-amd64",
     }
     return preseed.render_preseed(**{**args, **kw})
@@ -357,5 +358,7 @@ def test_the_real_installer_waiting_on_a_question_is_recognised() -> None:
     text = (Path(__file__).parent / "data" / "d-i-download-failed.serial").read_text(
         errors="replace"
     )
-    assert boot.pending_question(text) == "Download installer components: Downloading a file failed"
-    assert boot.pending_question(text.split("Loading additional")[0]) is None
+    assert (
+        preseed.pending_question(text) == "Download installer components: Downloading a file failed"
+    )
+    assert preseed.pending_question(text.split("Loading additional")[0]) is None

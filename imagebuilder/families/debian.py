@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from . import apt, aptresolve
+from . import apt, aptresolve, debian_installer
 from .seam import Family, Release
 
 CLOUD_MIRROR = "https://cloud.debian.org/images/cloud"
@@ -58,7 +58,7 @@ FAMILY = Family(
     curtin_installs=apt.CURTIN_INSTALLS,
     resolve_versions=aptresolve.resolve_versions,
     separate_resolved=lambda rel: float(rel.version) >= 12,
-    installer="debian-installer",
+    installer=debian_installer.KIND,
     extended_support="Debian LTS (security only)",
     lts_in_version=False,
     daily_serials=False,

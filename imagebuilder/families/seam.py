@@ -14,6 +14,7 @@ network: it is the shape of the knowledge, not the work.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,50 @@ class GuestPackages:
     proxy_conf: Callable[[Mapping[str, str]], str]
 
 
+#: Terminal control sequences in serial console text, as installers print it.
+TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class AnswerRequest:
+    """What an installer's answer file is rendered from (``layout``: flat | lvm)."""
+
+    suite: str
+    mirror: str
+    layout: str
+    firmware: str  # uefi | bios
+    kernel: str
+    arch: str
+    proxy: str | None = None
+
+
+@dataclass(frozen=True)
+class IsoEntry:
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class InstallerKind:
+    """A family's OS installer, as the installer wing runs it with no keystrokes."""
+
+    name: str
+    answers: Callable[[AnswerRequest], str]  # the answer file's text
+    answer_file: str  # its name: on the loopback HTTP server, or on a cidata seed ISO
+    served: bool  # True: fetched over HTTP (its URL is in the command line); False: seed ISO
+    cmdline: Callable[[str | None, str], str]  # (answers URL or None, arch) -> kernel cmdline
+    iso_members: Mapping[str, tuple[str, str]]  # arch -> (kernel, initrd) inside its ISO
+    min_memory: int  # MiB the installer needs at least (0: the build's own)
+    fatal: tuple[str, ...]  # serial console lines that mean the install failed
+    #: Where its ISO is published ((release, arch, mirror) -> directory) and which file of
+    #: that directory's SHA256SUMS is it; None: no download (a local --iso, or netboot).
+    iso_dir_url: Callable[[Release, str, str | None], str] | None
+    iso_pick: Callable[[str, str], IsoEntry] | None  # (SHA256SUMS text, arch) -> the ISO
+    netboot: bool  # without --iso, boot the netboot installer from the package mirror
+    #: The question its text frontend waits on at the end of the console text, if any.
+    pending_question: Callable[[str], str | None]
+
+
 @dataclass(frozen=True)
 class Family:
     """One OS family: everything the stages must know to build and check its images."""
@@ -78,7 +123,7 @@ class Family:
     resolve_versions: Callable[[Sequence[str], str, str, Path, Sequence[str]], Resolution]
     #: Which release has systemd-resolved as its own package.
     separate_resolved: Callable[[Release], bool]
-    installer: str  # "debian-installer" | "subiquity"
+    installer: InstallerKind | None
     extended_support: str  # how ``releases`` names the security-only years
     lts_in_version: bool  # "22.04 LTS"
     daily_serials: bool  # daily images carry unpacked/build-info.txt with their serial

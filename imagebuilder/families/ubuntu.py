@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from . import apt, aptresolve
+from . import apt, aptresolve, ubuntu_installer
 from .seam import Family, Release
 
 CLOUD_MIRROR = "https://cloud-images.ubuntu.com"
@@ -55,7 +55,7 @@ FAMILY = Family(
     curtin_installs=apt.CURTIN_INSTALLS,
     resolve_versions=aptresolve.resolve_versions,
     separate_resolved=lambda rel: float(rel.version) >= 23.04,
-    installer="subiquity",
+    installer=ubuntu_installer.KIND,
     extended_support="ESM only",
     lts_in_version=True,
     daily_serials=True,

@@ -1,14 +1,14 @@
 """Installer builds (``--layout flat|lvm``): install the OS onto a blank build disk.
 
 :func:`install_disk` makes ``<build_dir>/disk.qcow2`` (blank, ``--disk-size``) and
-runs an installer on it with no keystrokes until it powers the VM off:
-
-- Ubuntu: the live-server ISO (:mod:`imagebuilder.installer.isofetch`), its ``casper``
-  kernel and initrd booted with ``autoinstall``, the answers on a cidata ISO;
-- Debian: the netboot installer from the Debian mirror (:mod:`imagebuilder.installer.netboot`;
-  the mirror is first checked for the components it will download,
-  :mod:`imagebuilder.installer.udebcheck`), or the kernel and initrd of a netinst ``--iso``;
-  the preseed file (:mod:`imagebuilder.installer.preseed`) served by the loopback HTTP server.
+runs the release family's installer on it with no keystrokes until it powers the VM
+off. The family's installer kind renders the answer file, which is served by the
+loopback HTTP server or written onto a cidata ISO as the kind asks; the kernel and
+initrd come out of the installer's ISO (:mod:`imagebuilder.installer.isofetch`, a
+local ``--iso`` or the published one), or, for a kind that boots from the package
+mirror, the netboot installer (:mod:`imagebuilder.installer.netboot`, after the
+mirror is checked for the components it will download,
+:mod:`imagebuilder.installer.udebcheck`).
 
 The installed disk is handed back as a :class:`BaseDisk` (kind ``installer``);
 :func:`imagebuilder.vm.provision.provision` then boots it through its firmware with the
@@ -28,12 +28,13 @@ from pathlib import Path
 
 from ..config.tree import Config, Layout
 from ..errors import ConfigError
+from ..families.seam import AnswerRequest, InstallerKind
 from ..progress import Progress
 from ..run import run
 from ..sources.basedisk import BaseDisk
 from ..vm import httpserve, qemu
 from . import boot as installer
-from . import isofetch, netboot, preseed, udebcheck
+from . import isofetch, netboot, udebcheck
 
 __all__ = ["install_disk", "installer_timeout"]
 
@@ -57,57 +58,52 @@ class _Source:
     date: int
 
 
-def _debian_boot(
-    cfg: Config, work: Path, progress: Progress, stack: contextlib.ExitStack, log: Path
-) -> tuple[installer.InstallerBoot, _Source]:
-    """The Debian installer's boot; the preseed is served until ``stack`` closes."""
-    rel = cfg.release
-    mirror = cfg.source.mirror or rel.archive_mirror(cfg.arch)
-    text = preseed.render_preseed(
+def _answers(
+    cfg: Config, kind: InstallerKind, work: Path, stack: contextlib.ExitStack, log: Path,
+    build_id: str,
+) -> tuple[str | None, Path | None]:  # fmt: skip
+    """The answer file, served until ``stack`` closes (its URL) or on a seed ISO (its path)."""
+    request = AnswerRequest(
         suite=cfg.series,
-        mirror=mirror,
-        layout=cfg.layout,
-        firmware=cfg.machine.firmware,
-        kernel=cfg.provision.kernel or rel.kernel_package(cfg.arch),
+        mirror=cfg.source.mirror or cfg.release.archive_mirror(cfg.arch),
+        layout=cfg.layout.value,
+        firmware=cfg.machine.firmware.value,
+        kernel=cfg.provision.kernel or cfg.release.kernel_package(cfg.arch),
         arch=cfg.arch,
         proxy=cfg.provision.http_proxy,
     )
-    www = work / "preseed"
-    www.mkdir()
-    (www / "preseed.cfg").write_text(text)
+    text = kind.answers(request)
     with open(log, "a") as fh:
-        fh.write(f"preseed ({len(text)} bytes):\n{text}\n")
+        fh.write(f"{kind.answer_file} ({len(text)} bytes):\n{text}\n")
+    if not kind.served:
+        seed = installer.write_answers_seed(
+            work / "answers.iso", kind, text,
+            instance_id=f"imagebuilder-install-{build_id}", hostname="imagebuilder",
+        )  # fmt: skip
+        return None, seed
+    www = work / "answers"
+    www.mkdir()
+    (www / kind.answer_file).write_text(text)
     port = stack.enter_context(httpserve.serve(www))
-    url = f"{httpserve.guest_url(port)}/preseed.cfg"
-    cmdline = preseed.kernel_cmdline(url, cfg.arch)
-    if cfg.source.iso is not None:
+    return f"{httpserve.guest_url(port)}/{kind.answer_file}", None
+
+
+def _boot_media(
+    cfg: Config, kind: InstallerKind, work: Path, progress: Progress, cmdline: str
+) -> tuple[installer.InstallerBoot, _Source]:
+    """The installer's kernel and initrd: out of its ISO, or the netboot installer."""
+    if cfg.source.iso is not None or not kind.netboot:
         iso = isofetch.installer_iso(cfg, progress)
-        files = installer.extract_boot_files(iso.path, work, cfg.arch, "debian")
+        files = installer.extract_boot_files(iso.path, work, cfg.arch, kind)
         boot = installer.InstallerBoot(files.kernel, files.initrd, cmdline, cdrom=iso.path)
         return boot, _Source(iso.origin, iso.sha256, iso.date)
     nb = netboot.netboot_files(cfg, progress)
     if not cfg.source.offline:
+        mirror = cfg.source.mirror or cfg.release.archive_mirror(cfg.arch)
         checked = udebcheck.check_mirror(mirror, cfg.series, cfg.arch, nb.initrd)
         progress.info(f"the mirror has all {checked} installer components the installer needs")
     boot = installer.InstallerBoot(nb.kernel, nb.initrd, cmdline)
     return boot, _Source(f"{nb.package} {nb.version} ({nb.mirror})", nb.deb_sha256, nb.date)
-
-
-def _ubuntu_boot(
-    cfg: Config, work: Path, progress: Progress, build_id: str
-) -> tuple[installer.InstallerBoot, Path, _Source]:
-    """Ubuntu's live-server installer: its boot and the autoinstall seed."""
-    iso = isofetch.installer_iso(cfg, progress)
-    files = installer.extract_boot_files(iso.path, work, cfg.arch, "ubuntu")
-    seed = installer.write_autoinstall_seed(
-        work / "autoinstall.iso",
-        layout=cfg.layout,
-        instance_id=f"imagebuilder-install-{build_id}",
-        proxy=cfg.provision.http_proxy,
-    )
-    cmdline = installer.kernel_cmdline(cfg.arch, "ubuntu")
-    boot = installer.InstallerBoot(files.kernel, files.initrd, cmdline, cdrom=iso.path)
-    return boot, seed, _Source(iso.origin, iso.sha256, iso.date)
 
 
 def install_disk(cfg: Config, build_dir: Path, progress: Progress) -> BaseDisk:
@@ -120,14 +116,17 @@ def install_disk(cfg: Config, build_dir: Path, progress: Progress) -> BaseDisk:
     accel = qemu.probe_accel(
         cfg.arch, progress, requested=cfg.machine.accel, cache_dir=cfg.source.cache_dir
     )
-    distro = cfg.release.distro
+    family = cfg.release.family
+    kind = family.installer
+    if kind is None:
+        raise ConfigError(
+            f"{cfg.series} has no installer this tool can run",
+            hint="build it from its cloud image (--layout cloudimg)",
+        )
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=build_dir)))
-        seed: Path | None = None
-        if distro == "debian":
-            boot, src = _debian_boot(cfg, work, progress, stack, log)
-        else:
-            boot, seed, src = _ubuntu_boot(cfg, work, progress, build_id)
+        url, seed = _answers(cfg, kind, work, stack, log, build_id)
+        boot, src = _boot_media(cfg, kind, work, progress, kind.cmdline(url, cfg.arch))
         _blank_disk(disk, cfg.machine.disk_size)
         spec = qemu.build_spec(
             cfg,
@@ -138,15 +137,16 @@ def install_disk(cfg: Config, build_dir: Path, progress: Progress) -> BaseDisk:
             firmware=qemu.prepare_firmware(cfg.arch, cfg.machine.firmware, work),
             seed=seed,
         )
-        spec = installer.installer_spec(spec, boot, distro=distro)
+        spec = installer.installer_spec(spec, boot, min_memory=kind.min_memory)
         with open(log, "a") as fh:
             fh.write(f"qemu: {shlex.join(qemu.qemu_argv(spec))}\n")
         console = (lambda line: progress.info(f"console: {line}")) if cfg.machine.console else None
         timeout = installer_timeout(accel, cfg.machine.timeout)
         progress.info(f"installing {cfg.series} ({cfg.layout.value}) from {src.origin}; {accel}")
         took = installer.run_installer(
-            spec, stderr_log=build_dir / "install-qemu.log", timeout=timeout, console=console
-        )
+            spec, stderr_log=build_dir / "install-qemu.log", timeout=timeout, kind=kind,
+            console=console,
+        )  # fmt: skip
     progress.info(f"the installer finished in {took:.0f} s")
     return BaseDisk(
         path=disk,
@@ -155,7 +155,7 @@ def install_disk(cfg: Config, build_dir: Path, progress: Progress) -> BaseDisk:
         origin=f"installer: {src.origin}",
         date=src.date,
         kind="installer",
-        kernel=(cfg.provision.kernel or cfg.release.kernel_package(cfg.arch))
-        if distro == "debian"
-        else None,
+        kernel=None
+        if family.maas_installs_kernel
+        else (cfg.provision.kernel or cfg.release.kernel_package(cfg.arch)),
     )

@@ -1,11 +1,12 @@
-"""Installer ISOs for installer builds: Ubuntu's live-server ISO, or a local ``--iso``.
+"""Installer ISOs for installer builds: the family's published ISO, or a local ``--iso``.
 
-The live-server ISO's file name changes with every point release, so it is found
-in the release directory's ``SHA256SUMS`` (:func:`imagebuilder.installer.find_live_server_iso`),
-then fetched through :func:`imagebuilder.sources.images.fetch_target` exactly like a cloud
-image: signature of ``SHA256SUMS.gpg`` checked with ``--keyring`` (the cloud-image
-keyring does not sign ISOs, so without ``--keyring`` the check is skipped with the
-usual loud warning, or refused with ``--require-signature``), sha256 checked,
+An installer ISO's file name changes with every point release, so the family's
+installer kind finds it in its directory's ``SHA256SUMS`` (``iso_pick``; Ubuntu's
+live-server ISO, say), then it is fetched through
+:func:`imagebuilder.sources.images.fetch_target` exactly like a cloud image:
+signature of ``SHA256SUMS.gpg`` checked with ``--keyring`` (the cloud-image keyring
+does not sign ISOs, so without ``--keyring`` the check is skipped with the usual
+loud warning, or refused with ``--require-signature``), sha256 checked,
 resumable, content-addressed in the cache. ``--offline`` finds it by its directory
 in the cache's URL records. A local ``--iso PATH`` is used in place after its sha256
 is recorded. This module fetches; it does not read the ISO (:mod:`imagebuilder.installer.iso`).
@@ -17,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.tree import Config
-from ..errors import OfflineError, SourceError
+from ..errors import ConfigError, OfflineError, SourceError
 from ..progress import Progress
 from ..sources import cache, download, images
-from . import boot
 
 __all__ = ["InstallerISO", "installer_iso"]
 
@@ -46,12 +46,12 @@ def _local(cfg: Config, path: Path) -> InstallerISO:
 def _offline(cfg: Config, folder: str) -> InstallerISO:
     root = cfg.source.cache_dir
     for rec in sorted(cache.all_records(root), key=lambda r: r.date, reverse=True):
-        if rec.url.startswith(folder + "/") and "live-server" in rec.name:
+        if rec.url.startswith(folder + "/") and rec.name.endswith(f"-{cfg.arch}.iso"):
             blob = cache.blob_path(root, rec.sha256)
             if blob.is_file():
                 return InstallerISO(blob, rec.sha256, rec.url, rec.date)
     raise OfflineError(
-        f"--offline: no {cfg.series} live-server ISO for {cfg.arch} is in the cache {root}",
+        f"--offline: no {cfg.series} installer ISO for {cfg.arch} is in the cache {root}",
         hint="run the build once with network access, or pass a local ISO with --iso PATH",
     )
 
@@ -60,13 +60,19 @@ def installer_iso(cfg: Config, progress: Progress) -> InstallerISO:
     """The verified installer ISO for ``cfg`` (downloaded, cached, or ``--iso``)."""
     if cfg.source.iso is not None:
         return _local(cfg, cfg.source.iso)
-    folder = boot.live_server_dir_url(cfg.release, cfg.arch, cfg.source.mirror)
+    kind = cfg.release.family.installer
+    if kind is None or kind.iso_dir_url is None or kind.iso_pick is None:
+        raise ConfigError(
+            f"{cfg.series} publishes no installer ISO this tool can download",
+            hint="pass a local installer ISO with --iso PATH",
+        )
+    folder = kind.iso_dir_url(cfg.release, cfg.arch, cfg.source.mirror)
     if cfg.source.offline:
         return _offline(cfg, folder)
     with download.session() as session:
         got = download.get_small(session, f"{folder}/{SUMS}", missing_ok=False)
     assert got is not None
-    entry = boot.find_live_server_iso(got[0].decode("utf-8", "replace"), cfg.arch)
+    entry = kind.iso_pick(got[0].decode("utf-8", "replace"), cfg.arch)
     t = images.Target(
         url=f"{folder}/{entry.name}",
         name=entry.name,

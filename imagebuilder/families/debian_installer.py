@@ -1,4 +1,6 @@
-"""The Debian installer's answers: a preseed file rendered from ``seeds/preseed.cfg.in``.
+"""The Debian installer (debian-installer): its answers, boot command line and media.
+
+The answers are a preseed file rendered from ``seeds/preseed.cfg.in``.
 
 :func:`render_preseed` fills the template with the mirror, the suite, the kernel, the
 packages the installed system needs for provisioning (cloud-init, openssh-server,
@@ -13,19 +15,22 @@ sudo, netplan.io) and a partitioning recipe per layout and firmware:
 No password is set (root's is locked) and no user is made: the build user comes
 from the NoCloud seed at first boot. :func:`kernel_cmdline` is what the installer
 boots with: unattended, the preseed URL on the loopback HTTP server, the serial
-console. This module renders text only; it serves and boots nothing.
+console. ``KIND`` is what the installer wing needs to run it. This module renders text
+only; it serves, downloads and boots nothing.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from urllib.parse import urlsplit
 
-from ..config.choices import Firmware, Layout
 from ..errors import ConfigError
-from ..vm.seed import SEEDS_DIR
+from ..resources import data_dir
+from .seam import TERMINAL_CODES, AnswerRequest, InstallerKind
 
 __all__ = [
+    "KIND",
     "PACKAGES",
     "VOLUME_GROUP",
     "kernel_cmdline",
@@ -42,8 +47,8 @@ DISK = "/dev/vda"
 SERIAL = {"amd64": "ttyS0,115200n8", "arm64": "ttyAMA0,115200n8"}
 
 _BOOT = {
-    Firmware.UEFI: "538 538 538 free $iflabel{ gpt } $reusemethod{ } method{ efi } format{ } .",
-    Firmware.BIOS: "1 1 1 free $iflabel{ gpt } $reusemethod{ } method{ biosgrub } .",
+    "uefi": "538 538 538 free $iflabel{ gpt } $reusemethod{ } method{ efi } format{ } .",
+    "bios": "1 1 1 free $iflabel{ gpt } $reusemethod{ } method{ biosgrub } .",
 }
 _ROOT = (
     "2048 10000 -1 ext4 {where} method{{ format }} format{{ }} use_filesystem{{ }} "
@@ -55,16 +60,16 @@ _SEPARATE_BOOT = (
 )
 
 
-def partitioning(layout: Layout, firmware: Firmware, arch: str = "amd64") -> str:
+def partitioning(layout: str, firmware: str, arch: str = "amd64") -> str:
     """The partman answers for ``layout`` (flat or lvm) booting with ``firmware``."""
-    boot = _BOOT[Firmware.UEFI if arch == "arm64" else firmware]
-    if layout is Layout.FLAT:
+    boot = _BOOT["uefi" if arch == "arm64" else firmware]
+    if layout == "flat":
         method, recipe = "regular", [boot, _ROOT.format(where="$primary{ }")]
-    elif layout is Layout.LVM:
+    elif layout == "lvm":
         method = "lvm"
         recipe = [boot, _SEPARATE_BOOT, _ROOT.format(where="$lvmok{ } lv_name{ root }")]
     else:
-        raise ConfigError(f"--layout {layout.value} is not an installer build")
+        raise ConfigError(f"--layout {layout} is not an installer build")
     lines = [
         f"d-i partman-auto/disk string {DISK}",
         f"d-i partman-auto/method string {method}",
@@ -74,7 +79,7 @@ def partitioning(layout: Layout, firmware: Firmware, arch: str = "amd64") -> str
         "d-i partman-auto/expert_recipe string imagebuilder :: " + " ".join(recipe),
         "d-i partman-efi/non_efi_system boolean true",
     ]
-    if layout is Layout.LVM:
+    if layout == "lvm":
         lines += [
             f"d-i partman-auto-lvm/new_vg_name string {VOLUME_GROUP}",
             "d-i partman-auto-lvm/guided_size string max",
@@ -90,8 +95,8 @@ def render_preseed(
     *,
     suite: str,
     mirror: str,
-    layout: Layout,
-    firmware: Firmware,
+    layout: str,
+    firmware: str,
     kernel: str,
     arch: str = "amd64",
     proxy: str | None = None,
@@ -106,7 +111,7 @@ def render_preseed(
             hint="pass --mirror http://HOST/debian",
         )
     host = url.hostname + (f":{url.port}" if url.port else "")
-    template = string.Template((SEEDS_DIR / TEMPLATE).read_text())
+    template = string.Template((data_dir("seeds") / TEMPLATE).read_text())
     return template.substitute(
         hostname=hostname,
         mirror_protocol=url.scheme,
@@ -135,3 +140,53 @@ def kernel_cmdline(preseed_url: str, arch: str, hostname: str = "imagebuilder") 
             f"console={SERIAL[arch]}",
         ]
     )
+
+
+#: debian-installer's text frontend waiting for an answer nobody will type.
+_PROMPT = "Prompt: '?' for help"
+_UNDERLINE = re.compile(r"^-{4,}$")
+
+
+def pending_question(text: str) -> str | None:
+    """The title of the question an installer's text frontend waits on at the end of
+    ``text`` (serial console output), or None when it is not waiting."""
+    lines = [TERMINAL_CODES.sub("", ln).strip() for ln in text.replace("\r", "\n").splitlines()]
+    lines = [ln for ln in lines if ln]
+    last = max((i for i, ln in enumerate(lines) if ln.startswith(_PROMPT)), default=None)
+    if last is None:
+        return None
+    titles = [i for i in range(last) if _UNDERLINE.match(lines[i]) and i > 0]
+    title = lines[titles[-1] - 1] if titles else "an unanswered question"
+    asks = [ln for ln in lines[titles[-1] if titles else 0 : last] if ln.endswith(":")]
+    return f"{title}: {asks[-1].rstrip(':')}" if asks else title
+
+
+def _answers(req: AnswerRequest) -> str:
+    return render_preseed(
+        suite=req.suite,
+        mirror=req.mirror,
+        layout=req.layout,
+        firmware=req.firmware,
+        kernel=req.kernel,
+        arch=req.arch,
+        proxy=req.proxy,
+    )
+
+
+KIND = InstallerKind(
+    name="debian-installer",
+    answers=_answers,
+    answer_file="preseed.cfg",
+    served=True,
+    cmdline=lambda url, arch: kernel_cmdline(url or "", arch),
+    iso_members={
+        "amd64": ("install.amd/vmlinuz", "install.amd/initrd.gz"),
+        "arm64": ("install.a64/vmlinuz", "install.a64/initrd.gz"),
+    },
+    min_memory=0,
+    fatal=("Installation step failed", "Unable to install GRUB"),
+    iso_dir_url=None,
+    iso_pick=None,
+    netboot=True,
+    pending_question=pending_question,
+)
