@@ -184,3 +184,11 @@ def spawn(
         for stream in (proc.stdout, proc.stderr, proc.stdin):
             if stream is not None:
                 stream.close()
+
+
+@contextlib.contextmanager
+def stream(argv: Sequence[str | os.PathLike[str]]) -> Iterator[IO[bytes]]:
+    """A helper's standard output as a stream (its stderr discarded), stopped on exit."""
+    with spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        yield proc.stdout

@@ -50,11 +50,13 @@ def _debian_installer_missing() -> str | None:
     like the one these machines reach, lack many)."""
     from imagebuilder.errors import ImageBuilderError
     from imagebuilder.families import catalogue
-    from imagebuilder.installer import udebcheck
+    from imagebuilder.installer import preflight
 
-    mirror = catalogue.get("bookworm").archive_mirror("amd64")
+    bookworm = catalogue.get("bookworm")
+    kind = bookworm.family.installer
+    assert kind is not None
     try:
-        udebcheck.check_mirror(mirror, "bookworm", "amd64", None)
+        preflight.check_mirror(kind, bookworm.archive_mirror("amd64"), "bookworm", "amd64", None)
     except ImageBuilderError as exc:
         return exc.message
     return None

@@ -16,7 +16,7 @@ from imagebuilder.config.choices import FileType, Firmware, Layout
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ConfigError, DownloadError, OfflineError, SourceError
 from imagebuilder.families import debian_installer as preseed
-from imagebuilder.installer import netboot, udebcheck
+from imagebuilder.installer import netboot, preflight
 from imagebuilder.progress import Progress
 from imagebuilder.sources import download
 from tests.fakes.cloudimages import CloudImages, GpgKeys
@@ -62,7 +62,7 @@ def test_a_mirror_signed_by_another_key_is_refused(
     server: CloudImages, keys: GpgKeys, tmp_path: Path, progress: Progress
 ) -> None:
     publish_netboot(server, tmp_path, stranger=True)
-    with pytest.raises(DownloadError, match="apt-get update of the Debian installer failed"):
+    with pytest.raises(DownloadError, match="apt-get update for debian-installer-12-netboot-amd64"):
         netboot.netboot_files(cfg_for(server, tmp_path, keys.keyring), progress)
     assert not list((tmp_path / "cache" / "netboot").glob("debian-installer-*"))
 
@@ -86,12 +86,17 @@ def test_offline_with_an_empty_cache_names_the_package(
 
 
 def test_package_names_and_members() -> None:
-    assert netboot.netboot_package("trixie", "arm64") == "debian-installer-13-netboot-arm64"
-    kernel, initrd = netboot.member_paths("bookworm", "amd64")
+    assert preseed.netboot_package("trixie", "arm64") == "debian-installer-13-netboot-arm64"
+    kernel, initrd = preseed.member_paths("bookworm", "amd64")
     assert kernel.endswith("/12/amd64/text/debian-installer/amd64/linux")
     assert initrd.endswith("/initrd.gz")
     with pytest.raises(ConfigError, match="no Debian netboot installer is known for jammy"):
-        netboot.netboot_package("jammy", "amd64")
+        preseed.netboot_package("jammy", "amd64")
+
+
+def check_mirror(mirror: str, suite: str, arch: str, initrd: Path | None) -> int:
+    """The preflight as the installer stage runs it for debian-installer."""
+    return preflight.check_mirror(preseed.KIND, mirror, suite, arch, initrd)
 
 
 # ---- the preseed ------------------------------------------------------------------------
@@ -240,9 +245,9 @@ def udeb_index() -> str:
 
 
 def test_initrd_packages_and_abi_are_read_from_the_cpio(tmp_path: Path) -> None:
-    have, abi = udebcheck.initrd_packages(fake_initrd(tmp_path))
+    have, abi = preseed.initrd_packages(preflight.initrd_members(fake_initrd(tmp_path)))
     assert have == {"anna", "netcfg"} and abi == "6.1.0-50-amd64"
-    needed = udebcheck.needed_udebs(udeb_index(), have, abi)
+    needed = preseed.needed_udebs(udeb_index(), have, abi)
     assert sorted(needed) == [
         "finish-install",
         "grub-installer",
@@ -264,11 +269,11 @@ def test_a_mirror_missing_installer_components_is_refused_before_booting(
     with pytest.raises(
         SourceError, match=r"lacks 1 of the 4 installer components .* \(partman-ext3\)"
     ):
-        udebcheck.check_mirror(f"{server.url}/debian", "bookworm", "amd64", initrd)
+        check_mirror(f"{server.url}/debian", "bookworm", "amd64", initrd)
     server.put("/debian/pool/main/partman-ext3.udeb", b"!<arch>\n")
-    assert udebcheck.check_mirror(f"{server.url}/debian/", "bookworm", "amd64", initrd) == 4
+    assert check_mirror(f"{server.url}/debian/", "bookworm", "amd64", initrd) == 4
     with pytest.raises(SourceError, match="has no installer index for trixie"):
-        udebcheck.check_mirror(f"{server.url}/debian", "trixie", "amd64", initrd)
+        check_mirror(f"{server.url}/debian", "trixie", "amd64", initrd)
 
 
 UDEB_INDEX = "/debian/dists/bookworm/main/debian-installer/binary-amd64/Packages.xz"
@@ -304,7 +309,9 @@ def test_the_preflight_verdict_survives_refused_reset_and_busy_first_tries(
     with pytest.raises(
         SourceError, match=r"lacks 1 of the 4 installer components .* \(partman-ext3\)"
     ):
-        udebcheck.check_mirror(f"{server.url}/debian", "bookworm", "amd64", fake_initrd(tmp_path))
+        preflight.check_mirror(
+            preseed.KIND, f"{server.url}/debian", "bookworm", "amd64", fake_initrd(tmp_path)
+        )
     for path in broken:
         assert server.count(path) == 2, path  # the failed try, then the answer
     assert server.count("/debian/pool/main/partman-ext3.udeb") == 1  # a 404 is final
@@ -323,7 +330,9 @@ def test_a_udeb_that_never_answers_is_cannot_reach_after_the_retries(
     udeb = "/debian/pool/main/nic-modules-6.1.0-50-amd64-di.udeb"
     faults(server).add(udeb, fault, times=10)
     with pytest.raises(DownloadError) as err:
-        udebcheck.check_mirror(f"{server.url}/debian", "bookworm", "amd64", fake_initrd(tmp_path))
+        preflight.check_mirror(
+            preseed.KIND, f"{server.url}/debian", "bookworm", "amd64", fake_initrd(tmp_path)
+        )
     text = str(err.value)
     assert text.startswith(f"cannot reach 127.0.0.1:{server.url.rsplit(':', 1)[1]}: {reason} ")
     assert text.endswith(f"({server.url}{udeb})") and "\n" not in text
@@ -347,7 +356,7 @@ def test_each_preflight_worker_asks_through_its_own_session(server: CloudImages)
         return made[-1]
 
     files = {f"u{i}": f"pool/u{i}.udeb" for i in range(40)} | {"gone": "pool/gone.udeb"}
-    got = udebcheck.missing_files(f"{server.url}/debian", files, workers=4, new_session=new_session)
+    got = preflight.missing_files(f"{server.url}/debian", files, workers=4, new_session=new_session)
     assert got == ["gone"]
     assert 1 <= len(made) <= 4 and len({id(s) for s in made}) == len(made)
     assert closed == made  # each closed afterwards

@@ -48,6 +48,11 @@ def parse_dpkg_status(data: bytes) -> Packages:
     return sorted(pkgs, key=lambda p: (p["name"], p["architecture"]))
 
 
+def archive_source(mirror: str, suite: str, components: tuple[str, ...]) -> str:
+    """The sources.list line of one suite of an archive."""
+    return f"deb {mirror} {suite} {' '.join(components)}"
+
+
 def proxy_conf(env: Mapping[str, str]) -> str:
     """apt's proxy settings for the build (``http_proxy``/``https_proxy`` of ``env``)."""
     lines = [

@@ -5,7 +5,8 @@ Used for the dpkg families' bootstrap bases: ``resolve_versions`` runs the host'
 keyring, an empty dpkg status, no recommends, the native architecture only), which
 downloads the signed indexes (``apt-get update``, ~10 MB for Debian main) and
 simulates mmdebstrap's minbase plus the recipe's packages (``apt-get -s``), with
-no root and no VM. ``apt_root`` is shared with the netboot fetch;
+no root and no VM. ``fetch_package`` downloads one package the same way (the
+netboot installer) and ``package_payload`` streams its files;
 ``status_versions`` reads a dpkg status file. Runs host programs through
 :mod:`imagebuilder.run` only; never opens a disk or the cache.
 """
@@ -19,9 +20,10 @@ import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from ..errors import CommandError, DownloadError, SourceError, host_package_hint
-from ..run import run
+from ..run import run, stream
 from .seam import Resolution
 
 _INST = re.compile(r"^Inst (\S+) (?:\[\S+\] )?\((\S+) [^\[]*\[([^\]]+)\]\)", re.M)
@@ -196,3 +198,36 @@ def status_versions(status: str) -> dict[str, str]:
         if name and version and state.endswith(" installed"):
             out[name] = version
     return dict(sorted(out.items()))
+
+
+def _fetch_step(env: dict[str, str], cwd: Path, package: str, *args: str) -> None:
+    try:
+        run(["apt-get", "-q", *args], env=env, cwd=cwd, timeout=1800)
+    except CommandError as exc:
+        raise DownloadError(
+            f"apt-get {args[0]} for {package} failed: {exc.message}",
+            hint="check --mirror and HTTP(S)_PROXY; the mirror must be signed by the "
+            "release's archive keyring",
+            details=exc.details,
+        ) from exc
+
+
+def fetch_package(
+    sources: Sequence[str], arch: str, keyring: Path, package: str, dest: Path
+) -> Path:
+    """``package``'s .deb downloaded into ``dest`` by apt in a private root: the signed
+    ``InRelease`` -> ``Packages`` -> ``.deb`` chain is checked by apt itself."""
+    with apt_root(sources, arch, keyring) as env:
+        _fetch_step(env, dest, package, "update", "--error-on=any")
+        _fetch_step(env, dest, package, "download", package)
+    debs = sorted(dest.glob(f"{package}_*.deb"))
+    if not debs:
+        raise SourceError(f"apt-get download left no {package} .deb", hint="run again")
+    return debs[0]
+
+
+@contextlib.contextmanager
+def package_payload(deb: Path) -> Iterator[IO[bytes]]:
+    """The files of ``deb`` as a tar stream (``dpkg-deb --fsys-tarfile``)."""
+    with stream(["dpkg-deb", "--fsys-tarfile", deb]) as out:
+        yield out

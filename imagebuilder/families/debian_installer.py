@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..resources import data_dir
-from .seam import TERMINAL_CODES, AnswerRequest, InstallerKind
+from .seam import TERMINAL_CODES, AnswerRequest, Components, InstallerKind
 
 __all__ = [
     "KIND",
@@ -161,6 +162,83 @@ def pending_question(text: str) -> str | None:
     return f"{title}: {asks[-1].rstrip(':')}" if asks else title
 
 
+# ---- the netboot installer, a package of the archive ------------------------------------
+
+#: Debian release number of each codename with a netboot installer package.
+RELEASE_NUMBERS = {"bullseye": "11", "bookworm": "12", "trixie": "13"}
+#: Kernel file name inside the netboot tree, per architecture.
+KERNEL_NAME = {"amd64": "linux", "arm64": "linux"}
+
+
+def netboot_package(series: str, arch: str) -> str:
+    """``debian-installer-12-netboot-amd64`` for bookworm amd64."""
+    number = RELEASE_NUMBERS.get(series)
+    if number is None:
+        raise ConfigError(
+            f"no Debian netboot installer is known for {series}",
+            hint=f"use one of {', '.join(RELEASE_NUMBERS)}, or pass a netinst ISO with --iso",
+        )
+    return f"debian-installer-{number}-netboot-{arch}"
+
+
+def member_paths(series: str, arch: str) -> tuple[str, str]:
+    """Kernel and initrd inside the package's data tarball (text-mode installer)."""
+    number = RELEASE_NUMBERS[series]
+    tree = f"./usr/lib/debian-installer/images/{number}/{arch}/text/debian-installer/{arch}"
+    return f"{tree}/{KERNEL_NAME[arch]}", f"{tree}/initrd.gz"
+
+
+# ---- what it downloads while installing: udebs ------------------------------------------
+
+#: The netboot initrd holds only the start of the installer; every udeb of these
+#: priorities it lacks (partman, grub-installer, apt-setup, finish-install, kernel
+#: modules...) is downloaded from the mirror's ``main/debian-installer`` section.
+_PRIORITIES = ("required", "important", "standard")
+
+
+def udeb_index_url(mirror: str, suite: str, arch: str) -> str:
+    return f"{mirror}/dists/{suite}/main/debian-installer/binary-{arch}/Packages.xz"
+
+
+def initrd_packages(members: Iterable[tuple[str, bytes]]) -> tuple[set[str], str | None]:
+    """Packages the installer initrd already has, and its kernel ABI (``6.1.0-50-amd64``)."""
+    have: set[str] = set()
+    abi = None
+    for name, content in members:
+        name = name.removeprefix("./")
+        if name == "var/lib/dpkg/status":
+            have |= set(re.findall(r"^Package: (\S+)", content.decode("utf-8", "replace"), re.M))
+        elif abi is None and (m := re.match(r"lib/modules/([^/]+)/?$", name)):
+            abi = m.group(1)
+    return have, abi
+
+
+def _stanzas(index: str) -> Iterator[dict[str, str]]:
+    for block in index.split("\n\n"):
+        fields = dict(re.findall(r"^([\w-]+): *(.*)$", block, re.M))
+        if "Package" in fields:
+            yield fields
+
+
+def needed_udebs(index: str, have: set[str], abi: str | None) -> dict[str, str]:
+    """Udebs (name -> Filename) the installer will download: priority standard or higher,
+    not in the initrd, kernel modules only for the initrd's kernel."""
+    out: dict[str, str] = {}
+    for st in _stanzas(index):
+        name = st["Package"]
+        if name in have or st.get("Priority") not in _PRIORITIES or "Filename" not in st:
+            continue
+        if name.endswith("-di") and (abi is None or f"-{abi}-di" not in name):
+            continue
+        out[name] = st["Filename"]
+    return out
+
+
+def _needed(index: str, initrd: Iterable[tuple[str, bytes]]) -> dict[str, str]:
+    have, abi = initrd_packages(initrd)
+    return needed_udebs(index, have, abi)
+
+
 def _answers(req: AnswerRequest) -> str:
     return render_preseed(
         suite=req.suite,
@@ -187,6 +265,8 @@ KIND = InstallerKind(
     fatal=("Installation step failed", "Unable to install GRUB"),
     iso_dir_url=None,
     iso_pick=None,
-    netboot=True,
+    netboot_package=netboot_package,
+    netboot_members=member_paths,
+    components=Components(index_url=udeb_index_url, needed=_needed),
     pending_question=pending_question,
 )

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,16 @@ class IsoEntry:
 
 
 @dataclass(frozen=True)
+class Components:
+    """What an installer downloads from the package mirror while it installs, so that a
+    mirror lacking any of it is refused before a long boot."""
+
+    index_url: Callable[[str, str, str], str]  # (mirror, suite, arch) -> xz index URL
+    #: (index text, the initrd's (name, content) members) -> name -> path on the mirror
+    needed: Callable[[str, Iterable[tuple[str, bytes]]], dict[str, str]]
+
+
+@dataclass(frozen=True)
 class InstallerKind:
     """A family's OS installer, as the installer wing runs it with no keystrokes."""
 
@@ -88,7 +100,11 @@ class InstallerKind:
     #: that directory's SHA256SUMS is it; None: no download (a local --iso, or netboot).
     iso_dir_url: Callable[[Release, str, str | None], str] | None
     iso_pick: Callable[[str, str], IsoEntry] | None  # (SHA256SUMS text, arch) -> the ISO
-    netboot: bool  # without --iso, boot the netboot installer from the package mirror
+    #: Without --iso, boot the netboot installer shipped as a package of the archive:
+    #: (series, arch) -> its package name, and its kernel and initrd inside the package.
+    netboot_package: Callable[[str, str], str] | None
+    netboot_members: Callable[[str, str], tuple[str, str]] | None
+    components: Components | None  # checked on the mirror before a netboot install
     #: The question its text frontend waits on at the end of the console text, if any.
     pending_question: Callable[[str], str | None]
 
@@ -118,6 +134,12 @@ class Family:
     #: What curtin's hooks install at deploy when missing: arch -> firmware -> packages,
     #: the first being the one a carried package file may stand in for.
     curtin_installs: Mapping[str, Mapping[str, tuple[str, ...]]]
+    #: (mirror, suite, components) -> the package manager's line for that archive.
+    archive_source: Callable[[str, str, tuple[str, ...]], str]
+    #: (sources, arch, keyring, package, directory) -> that package's file, downloaded and
+    #: verified by the host's package tools; and a package file's contents as a tar stream.
+    fetch_package: Callable[[Sequence[str], str, Path, str, Path], Path]
+    package_payload: Callable[[Path], AbstractContextManager[IO[bytes]]]
     #: What a bootstrap from the mirror installs, resolved on the host without a VM:
     #: (sources lines, suite, arch, keyring, packages) -> resolution.
     resolve_versions: Callable[[Sequence[str], str, str, Path, Sequence[str]], Resolution]

@@ -100,6 +100,8 @@ KIND = InstallerKind(
     ),
     iso_dir_url=live_server_dir_url,
     iso_pick=find_live_server_iso,
-    netboot=False,
+    netboot_package=None,
+    netboot_members=None,
+    components=None,
     pending_question=lambda text: None,
 )

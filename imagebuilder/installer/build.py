@@ -8,7 +8,7 @@ initrd come out of the installer's ISO (:mod:`imagebuilder.installer.isofetch`, 
 local ``--iso`` or the published one), or, for a kind that boots from the package
 mirror, the netboot installer (:mod:`imagebuilder.installer.netboot`, after the
 mirror is checked for the components it will download,
-:mod:`imagebuilder.installer.udebcheck`).
+:mod:`imagebuilder.installer.preflight`).
 
 The installed disk is handed back as a :class:`BaseDisk` (kind ``installer``);
 :func:`imagebuilder.vm.provision.provision` then boots it through its firmware with the
@@ -34,7 +34,7 @@ from ..run import run
 from ..sources.basedisk import BaseDisk
 from ..vm import httpserve, qemu
 from . import boot as installer
-from . import isofetch, netboot, udebcheck
+from . import isofetch, netboot, preflight
 
 __all__ = ["install_disk", "installer_timeout"]
 
@@ -92,7 +92,7 @@ def _boot_media(
     cfg: Config, kind: InstallerKind, work: Path, progress: Progress, cmdline: str
 ) -> tuple[installer.InstallerBoot, _Source]:
     """The installer's kernel and initrd: out of its ISO, or the netboot installer."""
-    if cfg.source.iso is not None or not kind.netboot:
+    if cfg.source.iso is not None or kind.netboot_package is None:
         iso = isofetch.installer_iso(cfg, progress)
         files = installer.extract_boot_files(iso.path, work, cfg.arch, kind)
         boot = installer.InstallerBoot(files.kernel, files.initrd, cmdline, cdrom=iso.path)
@@ -100,7 +100,7 @@ def _boot_media(
     nb = netboot.netboot_files(cfg, progress)
     if not cfg.source.offline:
         mirror = cfg.source.mirror or cfg.release.archive_mirror(cfg.arch)
-        checked = udebcheck.check_mirror(mirror, cfg.series, cfg.arch, nb.initrd)
+        checked = preflight.check_mirror(kind, mirror, cfg.series, cfg.arch, nb.initrd)
         progress.info(f"the mirror has all {checked} installer components the installer needs")
     boot = installer.InstallerBoot(nb.kernel, nb.initrd, cmdline)
     return boot, _Source(f"{nb.package} {nb.version} ({nb.mirror})", nb.deb_sha256, nb.date)
