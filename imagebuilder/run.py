@@ -51,7 +51,6 @@ PACKAGES: dict[str, str] = {
     "pigz": "pigz",
     "virt-tar-out": "guestfish",
     "debugfs": "e2fsprogs",
-    "apt-get": "apt",
     "unshare": "util-linux",
     "mcopy": "mtools",
     "mdir": "mtools",
@@ -61,11 +60,12 @@ PACKAGES: dict[str, str] = {
 }
 
 
-def which(tool: str) -> str:
-    """Return the full path of ``tool`` or raise ToolNotFoundError."""
+def which(tool: str, package: str | None = None) -> str:
+    """Return the full path of ``tool`` or raise ToolNotFoundError naming ``package``
+    (else the host package :data:`PACKAGES` knows for it)."""
     found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
     if not found:
-        raise ToolNotFoundError(tool, PACKAGES.get(tool))
+        raise ToolNotFoundError(tool, package or PACKAGES.get(tool))
     return found
 
 

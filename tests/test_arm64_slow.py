@@ -93,7 +93,7 @@ def test_bootstrap_without_binfmt_fails_in_one_line_naming_the_fix(
 ) -> None:
     monkeypatch.setattr(bootstrap, "BINFMT_DIR", tmp_path / "nowhere")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(bootstrap, "missing_tools", lambda: {})
+    monkeypatch.setattr(bootstrap, "missing_tools", lambda tool=None: {})
     cfg = resolve(
         {"series": "bookworm", "base": "bootstrap", "arch": "arm64", "cache_dir": str(tmp_path)},
         environ={},

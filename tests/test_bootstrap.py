@@ -19,10 +19,11 @@ import pytest
 
 from imagebuilder.base import bootstrap
 from imagebuilder.base import layout as diskimage
-from imagebuilder.base.bootstrap import Recipe, bootstrap_base, package_set, recipe
+from imagebuilder.base.bootstrap import Recipe, bootstrap_base, recipe
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import BootstrapError, OfflineError, host_package_hint
 from imagebuilder.families import catalogue, debian, ubuntu
+from imagebuilder.families.apt_bootstrap import package_set
 from imagebuilder.progress import Event, Progress
 
 
@@ -144,7 +145,7 @@ def test_ubuntu_uses_its_archive_keyring_and_components(tmp_path: Path) -> None:
 
 def test_mmdebstrap_argv(tmp_path: Path) -> None:
     rec = recipe(cfg_for(tmp=tmp_path, extra_packages="vim"))
-    argv = bootstrap.mmdebstrap_argv(rec, tmp_path / "root")
+    argv = rec.tool.argv(bootstrap.job(rec, tmp_path / "root"))
     assert argv[0] == "mmdebstrap"
     assert "--variant=minbase" in argv and "--mode=root" in argv and "--arch=amd64" in argv
     include = next(a for a in argv if a.startswith("--include="))
@@ -309,8 +310,9 @@ def test_release_date_is_the_newest_release_file(tmp_path: Path) -> None:
         "Date: Sun, 07 Sep 2025 09:00:00 UTC\n"
     )
     (lists / "a_dists_bookworm_main_binary-amd64_Packages").write_text("Date: junk\n")
-    assert bootstrap._release_date(tmp_path) == 1757235600
-    assert bootstrap._release_date(tmp_path / "none") is None
+    tool = recipe(cfg_for(tmp=tmp_path)).tool
+    assert bootstrap._release_date(tmp_path, tool) == 1757235600
+    assert bootstrap._release_date(tmp_path / "none", tool) is None
 
 
 def test_mmdebstrap_failure_carries_the_log_tail(
@@ -323,11 +325,13 @@ def test_mmdebstrap_failure_carries_the_log_tail(
     fake.write_text("#!/bin/sh\necho 'I: starting'\necho 'E: Unable to locate package nosuch'\n"
                     "exit 1\n")  # fmt: skip
     fake.chmod(0o755)
-    monkeypatch.setattr(bootstrap, "mmdebstrap_argv", lambda rec, target: [str(fake)])
+    real = rec.tool
+    faked = dataclasses.replace(real, argv=lambda job: [str(fake)])
+    monkeypatch.setattr(bootstrap, "_tool", lambda family: faked)
     events: list[Event] = []
     log = tmp_path / "bootstrap.log"
     with pytest.raises(BootstrapError) as info:
-        bootstrap._mmdebstrap(rec, tmp_path, log, Progress(events.append), epoch=None)
+        bootstrap._run_tool(rec, tmp_path, log, Progress(events.append), epoch=None)
     assert "exit 1" in info.value.message
     assert "Unable to locate package nosuch" in info.value.details
     assert info.value.hint is not None and rec.mirror in info.value.hint
@@ -402,7 +406,7 @@ def test_a_failed_build_leaves_only_its_log(
         raise BootstrapError("mmdebstrap bookworm failed (exit 1)", details="E: the mirror")
 
     monkeypatch.setattr("os.geteuid", lambda: 0)
-    monkeypatch.setattr(bootstrap, "missing_tools", dict)
+    monkeypatch.setattr(bootstrap, "missing_tools", lambda tool=None: {})
     monkeypatch.setattr(bootstrap, "_build", failing_build)
     with pytest.raises(BootstrapError) as info:
         bootstrap_base(cfg, Progress())

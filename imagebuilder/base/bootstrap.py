@@ -1,7 +1,8 @@
-"""Bootstrap base disks: a cloud-image-like disk built from an apt mirror, with no VM.
+"""Bootstrap base disks: a cloud-image-like disk built from a package mirror, with no VM.
 
-``bootstrap_base(cfg, progress)`` returns a cached qcow2 :class:`BaseDisk` made by
-mmdebstrap straight into the root partition of a loop-mounted raw disk laid out
+``bootstrap_base(cfg, progress)`` returns a cached qcow2 :class:`BaseDisk` filled by
+the release family's bootstrap tool (mmdebstrap, for the families that use it) straight
+into the root partition of a loop-mounted raw disk laid out
 like an Ubuntu cloud image (``diskimage``), then configured the way cloud images
 are: kernel, grub for SeaBIOS and UEFI, cloud-init, openssh, netplan with
 systemd-networkd, en_US.UTF-8, fstab by label, serial console, empty machine-id,
@@ -17,7 +18,6 @@ does not know what the pipeline does with the disk afterwards.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import hashlib
 import json
 import os
@@ -42,7 +42,7 @@ from ..errors import (
     host_package_hint,
 )
 from ..families import catalogue
-from ..families.seam import Release
+from ..families.seam import BootstrapJob, BootstrapTool, Family
 from ..progress import Progress
 from ..sources import cache
 from ..sources.basedisk import BaseDisk
@@ -53,26 +53,7 @@ from . import layout as diskimage
 RECIPE_VERSION = 2
 DISK_SIZE = 3 * diskimage.GIB
 
-#: What every bootstrap base carries on top of the ``minbase`` variant: what a cloud
-#: image has that cloud-init, MAAS's deploy checks and the build VM rely on.
-COMMON_PACKAGES = (
-    "ca-certificates", "cloud-guest-utils", "cloud-init", "curl", "dbus", "dosfstools",
-    "e2fsprogs", "fdisk", "initramfs-tools", "iproute2", "iputils-ping", "kmod", "less",
-    "libpam-systemd", "locales", "lsb-release", "netbase", "netplan.io", "openssh-server",
-    "openssh-sftp-server", "procps", "sudo", "systemd-sysv", "systemd-timesyncd", "tzdata",
-    "udev",
-)  # fmt: skip
-
-#: Boot loader packages, so curtin finds them installed (no archive access needed for
-#: UEFI deploys) and the base boots under both SeaBIOS and UEFI.
-GRUB_PACKAGES = {
-    "amd64": ("efibootmgr", "grub-efi-amd64", "grub-efi-amd64-signed", "grub-pc-bin",
-              "shim-signed"),
-    "arm64": ("efibootmgr", "grub-efi-arm64", "grub-efi-arm64-signed", "shim-signed"),
-}  # fmt: skip
-
 LOCALE = "en_US.UTF-8"
-APT_SCRATCH = ("var/cache/apt/archives", "var/lib/apt/lists")
 HOSTS = (
     "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
@@ -124,32 +105,46 @@ class Recipe:
         return f"{self.suite}-{self.arch}-{self.key[:16]}"
 
     @property
+    def family(self) -> Family:
+        return catalogue.get(self.suite).family
+
+    @property
+    def tool(self) -> BootstrapTool:
+        return _tool(self.family)
+
+    @property
     def origin(self) -> str:
-        return f"mmdebstrap {self.suite} {self.mirror}"
+        return f"{self.tool.name} {self.suite} {self.mirror}"
 
     def sources(self) -> list[str]:
-        """sources.list lines: the release, its updates and its security pocket."""
-        comps = " ".join(self.components)
-        lines = [f"deb {self.mirror} {s} {comps}" for s in (self.suite, f"{self.suite}-updates")]
-        security = catalogue.get(self.suite).family.security_mirror(self.mirror)
-        if security is not None:
-            lines.append(f"deb {security} {self.suite}-security {comps}")
-        return lines
+        """The package sources: the release, its updates and its security pocket."""
+        return self.tool.sources(self.family, self.mirror, self.suite, self.components)
 
 
-#: Host programs a build runs, and the Debian package of each (checked before starting).
+def _tool(family: Family) -> BootstrapTool:
+    if family.bootstrap is None:
+        raise BootstrapError(
+            f"{family.title} bases cannot be bootstrapped here", hint="use --base cloud"
+        )
+    return family.bootstrap
+
+
+#: Host programs a build runs besides the family's own tool, and the host package of
+#: each (checked before starting).
 HOST_TOOLS = {
-    "mmdebstrap": "mmdebstrap", "sfdisk": "fdisk", "partx": "util-linux",
+    "sfdisk": "fdisk", "partx": "util-linux",
     "losetup": "mount", "mount": "mount", "umount": "mount", "chroot": "coreutils",
     "fstrim": "util-linux", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools",
     "mcopy": "mtools", "mdir": "mtools", "qemu-img": "qemu-utils",
 }  # fmt: skip
 
 
-def missing_tools() -> dict[str, str]:
-    """Programs a build needs that are not installed, with their packages."""
+def missing_tools(family_tool: str | None = None) -> dict[str, str]:
+    """Programs a build needs that are not installed, with their packages (the family's
+    tool is its own package)."""
     found = {}
-    for tool, pkg in HOST_TOOLS.items():
+    wanted = {**({family_tool: family_tool} if family_tool else {}), **HOST_TOOLS}
+    for tool, pkg in wanted.items():
         try:
             run.which(tool)
         except ToolNotFoundError:
@@ -195,18 +190,6 @@ def emulation_problem(arch: str, binfmt_dir: Path | None = None) -> str | None:
     return f"no binfmt_misc entry runs {name} programs (qemu-user-static)"
 
 
-def package_set(rel: Release, arch: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The sorted package list mmdebstrap installs on top of ``minbase``."""
-    if arch not in GRUB_PACKAGES:
-        raise BootstrapError(
-            f"cannot bootstrap {arch}", hint=f"use one of: {', '.join(GRUB_PACKAGES)}"
-        )
-    pkgs = {*COMMON_PACKAGES, *GRUB_PACKAGES[arch], rel.kernel_package(arch), *extra}
-    if rel.family.separate_resolved(rel):
-        pkgs.add("systemd-resolved")
-    return tuple(sorted(pkgs))
-
-
 def recipe(cfg: Config) -> Recipe:
     rel = cfg.release
     return Recipe(
@@ -217,7 +200,7 @@ def recipe(cfg: Config) -> Recipe:
         keyring=rel.archive_keyring(),
         components=rel.bootstrap_components(),
         kernel=rel.kernel_package(cfg.arch),
-        packages=package_set(rel, cfg.arch, cfg.source.extra_packages),
+        packages=_tool(rel.family).packages(rel, cfg.arch, cfg.source.extra_packages),
     )
 
 
@@ -267,7 +250,7 @@ def bootstrap_base(cfg: Config, progress: Progress) -> BaseDisk:
             "--base bootstrap needs root (loop devices, mounts, chroot)",
             hint="run as root or with sudo, or use --base cloud",
         )
-    missing = missing_tools()
+    missing = missing_tools(rec.tool.name)
     if missing:
         raise BootstrapError(
             f"--base bootstrap needs {', '.join(missing)}, not installed",
@@ -355,12 +338,12 @@ def _build(
         with diskimage.mounted(root_part, work / "root", recursive_umount=True) as target:
             t0 = time.monotonic()
             date = _fill(rec, target, log, progress, epoch=epoch)
-            timings["mmdebstrap"] = round(time.monotonic() - t0, 1)
+            timings[rec.tool.name] = round(time.monotonic() - t0, 1)
             t0 = time.monotonic()
             _configure(target, rec, dev, layout, work, log, progress, epoch=epoch)
             timings["configure"] = round(time.monotonic() - t0, 1)
         # Trim on a fresh mount, when every block freed during the build (replaced
-        # initramfs images, apt caches) is free on disk: they become holes in the raw
+        # initramfs images, package caches) is free on disk: they become holes in the raw
         # file and the qcow2 carries no deleted data.
         with diskimage.mounted(root_part, work / "root") as target:
             run.run(["fstrim", target], check=False)
@@ -392,16 +375,16 @@ def _build(
 def _fill(
     rec: Recipe, target: Path, log: Path, progress: Progress, *, epoch: int | None
 ) -> int | None:
-    """mmdebstrap into ``target``; return the archive's date (or ``epoch``)."""
+    """The family's tool fills ``target``; return the archive's date (or ``epoch``)."""
     _write_files(target, rec, before_packages=True)
-    progress.info(f"mmdebstrap {rec.suite} {rec.arch}: {len(rec.packages)} packages")
+    progress.info(f"{rec.tool.name} {rec.suite} {rec.arch}: {len(rec.packages)} packages")
     with contextlib.ExitStack() as scratch:
-        # apt's downloads and package lists live in RAM, never on the disk.
-        for sub in APT_SCRATCH:
+        # The tool's downloads and package lists live in RAM, never on the disk.
+        for sub in rec.tool.scratch:
             scratch.enter_context(diskimage.mounted("tmpfs", target / sub, "-t", "tmpfs"))
-        _mmdebstrap(rec, target, log, progress, epoch=epoch)
-        date = epoch if epoch is not None else _release_date(target)
-    for sub in APT_SCRATCH:
+        _run_tool(rec, target, log, progress, epoch=epoch)
+        date = epoch if epoch is not None else _release_date(target, rec.tool)
+    for sub in rec.tool.scratch:
         (target / sub / "partial").mkdir(mode=0o700, exist_ok=True)
     return date
 
@@ -413,38 +396,26 @@ def _child_env(epoch: int | None) -> dict[str, str]:
     return env
 
 
-def mmdebstrap_argv(rec: Recipe, target: Path) -> list[str]:
-    """The mmdebstrap command line that fills ``target`` (a mounted, nearly empty fs)."""
-    return [
-        "mmdebstrap",
-        "--mode=root",
-        "--format=directory",
-        "--variant=minbase",
-        f"--arch={rec.arch}",
-        f"--keyring={rec.keyring}",
-        f"--include={','.join(rec.packages)}",
-        "--verbose",  # apt and dpkg output in the log, for failures
-        "--skip=check/empty",  # lost+found and our pre-seeded /etc files
-        "--skip=cleanup/apt/lists",  # read for the Release date (then gone with their tmpfs)
-        '--aptopt=Acquire::Retries "3"',
-        rec.suite,
-        str(target),
-        *rec.sources(),
-    ]
+def job(rec: Recipe, target: Path) -> BootstrapJob:
+    """What the family's tool is asked to put into ``target``."""
+    return BootstrapJob(
+        rec.suite, rec.arch, rec.keyring, rec.packages, tuple(rec.sources()), target
+    )
 
 
-def _mmdebstrap(
+def _run_tool(
     rec: Recipe, target: Path, log: Path, progress: Progress, *, epoch: int | None
 ) -> None:
+    tool = rec.tool
     if not Path(rec.keyring).is_file():
-        pkg = catalogue.get(rec.suite).family.keyring_package
         raise BootstrapError(
-            f"archive keyring {rec.keyring} is missing", hint=host_package_hint(pkg)
+            f"archive keyring {rec.keyring} is missing",
+            hint=host_package_hint(rec.family.keyring_package),
         )
-    argv = mmdebstrap_argv(rec, target)
+    argv = tool.argv(job(rec, target))
     env = _child_env(epoch)
     if emulated(rec.arch):
-        env["INITRD"] = "No"  # no initramfs from dpkg: _configure_system makes the one needed
+        env.update(tool.emulated_env)  # _configure_system makes the one initramfs needed
     with log.open("ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
@@ -452,58 +423,47 @@ def _mmdebstrap(
             pos = 0
             while proc.poll() is None:
                 time.sleep(0.5)
-                pos = _relay(log, pos, progress)
-            _relay(log, pos, progress)
+                pos = _relay(log, pos, progress, tool)
+            _relay(log, pos, progress, tool)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise BootstrapError(
-            f"mmdebstrap {rec.suite} failed (exit {proc.returncode})",
+            f"{tool.name} {rec.suite} failed (exit {proc.returncode})",
             hint=f"check that {rec.mirror} serves {rec.suite} for {rec.arch} and has every "
             "package in --extra-packages; the log tail is below",
             details=tail,
         )
 
 
-def _relay(log: Path, pos: int, progress: Progress) -> int:
-    """Pass mmdebstrap's "I:" lines written since ``pos`` on as progress info."""
+def _relay(log: Path, pos: int, progress: Progress, tool: BootstrapTool) -> int:
+    """Pass the tool's log lines worth showing, written since ``pos``, on as progress."""
     with log.open("rb") as f:
         f.seek(pos)
         chunk = f.read()
     end = chunk.rfind(b"\n") + 1
     for line in chunk[:end].decode("utf-8", "replace").splitlines():
-        if line.startswith(("I: ", "W: ")):
-            progress.info(f"mmdebstrap: {line[3:]}")
+        shown = tool.relay(line)
+        if shown is not None:
+            progress.info(shown)
     return pos + end
 
 
-def _date_field(text: str) -> int | None:
-    """The ``Date:`` of a Release file's text, as epoch seconds."""
-    for line in text.splitlines():
-        if line.startswith("Date:"):
-            with contextlib.suppress(TypeError, ValueError):
-                return int(email.utils.parsedate_to_datetime(line[5:].strip()).timestamp())
-            return None
-    return None
-
-
-def _release_date(target: Path) -> int | None:
-    """Newest ``Date:`` of the InRelease/Release files apt fetched, as epoch seconds."""
-    dates = [_date_field(f.read_text(errors="replace"))
-             for f in (target / "var/lib/apt/lists").glob("*Release")]  # fmt: skip
+def _release_date(target: Path, tool: BootstrapTool) -> int | None:
+    """Newest date of the release files the tool fetched, as epoch seconds."""
+    dates = [tool.release_date(f.read_text(errors="replace"))
+             for f in (target / tool.index_dir).glob("*Release")]  # fmt: skip
     return max((d for d in dates if d is not None), default=None)
 
 
 def mirror_epoch(rec: Recipe, progress: Progress) -> int | None:
-    """Newest ``Date:`` of the InRelease files of the recipe's sources, read before
-    mmdebstrap runs so that it (and mke2fs, mtools) get SOURCE_DATE_EPOCH; None, with a
+    """Newest date of the signed release files of the recipe's sources, read before the
+    tool runs so that it (and mke2fs, mtools) get SOURCE_DATE_EPOCH; None, with a
     warning, when one cannot be read (the base is then not reproducible)."""
     dates: list[int] = []
-    for line in rec.sources():
-        _, url, suite = line.split()[:3]
-        where = f"{url}/dists/{suite}/InRelease"
+    for where in rec.tool.release_urls(rec.sources()):
         try:
             with urllib.request.urlopen(where, timeout=30) as resp:
-                date = _date_field(resp.read(1 << 16).decode("utf-8", "replace"))
+                date = rec.tool.release_date(resp.read(1 << 16).decode("utf-8", "replace"))
         except (OSError, ValueError) as exc:
             date, why = None, str(exc)
         else:
@@ -519,9 +479,9 @@ def mirror_epoch(rec: Recipe, progress: Progress) -> int | None:
 
 
 def _write_files(target: Path, rec: Recipe, *, before_packages: bool) -> None:
-    """Plain files of the recipe: before mmdebstrap (read by package scripts) or after."""
+    """Plain files of the recipe: before the tool runs (read by package scripts) or after."""
     etc = target / "etc"
-    diskimage.write_boot_config(target, rec.arch)  # again after: mmdebstrap writes an fstab
+    diskimage.write_boot_config(target, rec.arch)  # again after: the tool writes an fstab
     if before_packages:
         return
     diskimage.write_file(etc / "hostname", "localhost\n")
@@ -534,7 +494,7 @@ def _write_files(target: Path, rec: Recipe, *, before_packages: bool) -> None:
     resolv.unlink(missing_ok=True)
     if any((target / d / "systemd-resolved").exists() for d in ("lib/systemd", "usr/lib/systemd")):
         resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
-    lists = target / "var/lib/apt/lists"
+    lists = target / rec.tool.index_dir
     for f in lists.iterdir() if lists.is_dir() else ():
         if f.is_file() and f.name != "lock":
             f.unlink()
@@ -551,7 +511,7 @@ def _configure(
     *,
     epoch: int | None = None,
 ) -> None:
-    """Everything after mmdebstrap: system settings, boot loaders, hygiene, checks."""
+    """Everything after the tool: system settings, boot loaders, hygiene, checks."""
     firmwares = "BIOS + UEFI" if rec.arch == "amd64" else "UEFI"
     progress.info(f"configuring: locale, networkd, ssh, grub ({firmwares})")
     with diskimage.chroot_mounts(target, dev, layout):
@@ -560,7 +520,7 @@ def _configure(
             target,
             dev,
             arch=rec.arch,
-            bootloader_id=catalogue.get(rec.suite).family.bootloader_id,
+            bootloader_id=rec.family.bootloader_id,
             root_uuid=layout.root_uuid,
             stage=work / "esp",
             log=log,
@@ -580,23 +540,21 @@ def _configure_system(
 ) -> None:
     """Steps that run inside the new system (mounts from chroot_mounts are in place).
 
-    An emulated root was bootstrapped with INITRD=No: mkinitramfs starts thousands
-    of processes, so under qemu-user one initramfs takes ~10 minutes and dpkg would
-    make two (the kernel's postinst hook, then the initramfs-tools trigger). The
-    one needed is made here, before update-grub, which lists what it finds.
+    An emulated root was filled without an initramfs (the tool's ``emulated_env``):
+    mkinitramfs starts thousands of processes, so under qemu-user one takes ~10
+    minutes, and the package scripts would make two. The one needed is made here,
+    before the bootloader's configuration, which lists what it finds.
     """
+    tool = rec.tool
     try:
         for kernel in sorted((target / "boot").glob("vmlinuz-*")) if emulated(rec.arch) else ():
             version = kernel.name.removeprefix("vmlinuz-")
-            progress.info(f"update-initramfs {version} (emulated: several minutes)")
-            diskimage.in_chroot(
-                target, "update-initramfs", "-c", "-k", version, env=_child_env(epoch)
-            )
-        if catalogue.get(rec.suite).family.locale_gen_takes_name:
-            diskimage.in_chroot(target, "locale-gen", LOCALE)
-        else:
-            diskimage.write_file(target / "etc/locale.gen", f"{LOCALE} UTF-8\n")
-            diskimage.in_chroot(target, "locale-gen")
+            progress.info(f"initramfs for {version} (emulated: several minutes)")
+            diskimage.in_chroot(target, *tool.initramfs(version), env=_child_env(epoch))
+        files, command = tool.locale(LOCALE)
+        for rel_path, text in files.items():
+            diskimage.write_file(target / rel_path, text)
+        diskimage.in_chroot(target, *command)
         diskimage.write_file(
             target / "etc/systemd/system/imagebuilder-ssh-hostkeys.service", SSH_KEYGEN_UNIT
         )

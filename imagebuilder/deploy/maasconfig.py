@@ -1,6 +1,6 @@
 """The curtin config MAAS sends for a custom image, as data (no I/O).
 
-Modelled on MAAS's ``maasserver/preseed.py`` (``compose_curtin_*``) as the contract
+Modelled on how MAAS composes curtin's config (maasserver's ``compose_curtin_*``), as the contract
 file describes it: storage v1 for the machine's firmware (GPT; a 1 MiB
 ``bios_grub`` partition on BIOS, a 512 MiB FAT32 ESP at ``/boot/efi`` on UEFI; ext4
 root; the disk is the ``grub_device``), network v2 matching the NIC by MAC, MAAS's

@@ -14,6 +14,9 @@ from . import aptresolve
 from .seam import GuestPackages, Packages
 
 DPKG_STATUS = "var/lib/dpkg/status"
+#: The guest scripts of ``seeds/`` for dpkg systems (apt, dpkg, debconf, grub packages).
+BOOTLOADERS_SCRIPT = "bootloaders.sh"
+HYGIENE_SCRIPT = "hygiene.sh"
 PROXY_FILE = "/etc/apt/apt.conf.d/90imagebuilder-proxy"
 
 #: arch -> firmware -> what curtin's hooks install when missing (install_missing_packages;

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import CommandError, DownloadError, SourceError, host_package_hint
-from ..run import run, stream
+from ..run import run, stream, which
 from .seam import Resolution
 
 _INST = re.compile(r"^Inst (\S+) (?:\[\S+\] )?\((\S+) [^\[]*\[([^\]]+)\]\)", re.M)
@@ -132,7 +132,16 @@ def release_dates(lists: Path) -> dict[str, int]:
     return out
 
 
+#: The host programs used here and the host packages that ship them.
+HOST_PACKAGES = {"apt-get": "apt", "dpkg-deb": "dpkg"}
+
+
+def _host(tool: str) -> str:
+    return which(tool, HOST_PACKAGES[tool])
+
+
 def _apt_get(env: dict[str, str], *args: str) -> str:
+    _host("apt-get")
     try:
         proc = run(["apt-get", "-q", *args], env=env, timeout=900)
     except CommandError as exc:
@@ -201,6 +210,7 @@ def status_versions(status: str) -> dict[str, str]:
 
 
 def _fetch_step(env: dict[str, str], cwd: Path, package: str, *args: str) -> None:
+    _host("apt-get")
     try:
         run(["apt-get", "-q", *args], env=env, cwd=cwd, timeout=1800)
     except CommandError as exc:
@@ -229,5 +239,5 @@ def fetch_package(
 @contextlib.contextmanager
 def package_payload(deb: Path) -> Iterator[IO[bytes]]:
     """The files of ``deb`` as a tar stream (``dpkg-deb --fsys-tarfile``)."""
-    with stream(["dpkg-deb", "--fsys-tarfile", deb]) as out:
+    with stream([_host("dpkg-deb"), "--fsys-tarfile", deb]) as out:
         yield out

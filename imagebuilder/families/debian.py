@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from . import apt, aptresolve, debian_installer
+from . import apt, apt_bootstrap, aptresolve, debian_installer
 from .seam import Family, Release
 
 CLOUD_MIRROR = "https://cloud.debian.org/images/cloud"
@@ -56,6 +56,8 @@ FAMILY = Family(
     maas_base_image=lambda rel: MAAS_BASE_IMAGE,
     bootloader_id="debian",
     curtin_installs=apt.CURTIN_INSTALLS,
+    bootloaders_script=apt.BOOTLOADERS_SCRIPT,
+    hygiene_script=apt.HYGIENE_SCRIPT,
     resolve_versions=aptresolve.resolve_versions,
     archive_source=apt.archive_source,
     fetch_package=aptresolve.fetch_package,
@@ -65,7 +67,7 @@ FAMILY = Family(
     extended_support="Debian LTS (security only)",
     lts_in_version=False,
     daily_serials=False,
-    locale_gen_takes_name=False,
+    bootstrap=apt_bootstrap.tool(locale_gen_takes_name=False),
 )
 
 

@@ -110,6 +110,40 @@ class InstallerKind:
 
 
 @dataclass(frozen=True)
+class BootstrapJob:
+    """One bootstrap run: what to install from where into the mounted root ``target``."""
+
+    suite: str
+    arch: str
+    keyring: str
+    packages: tuple[str, ...]
+    sources: tuple[str, ...]
+    target: Path
+
+
+@dataclass(frozen=True)
+class BootstrapTool:
+    """How a family fills an empty root from its package mirror on the host, with no VM
+    (the base wing partitions, mounts, runs this and installs the bootloader)."""
+
+    name: str  # the program, for logs and errors
+    #: (release, arch, extra packages) -> the sorted package set of a bootstrap base
+    packages: Callable[[Release, str, tuple[str, ...]], tuple[str, ...]]
+    #: (family, mirror, suite, components) -> the sources the tool and the lock read
+    sources: Callable[[Family, str, str, tuple[str, ...]], list[str]]
+    argv: Callable[[BootstrapJob], list[str]]
+    release_urls: Callable[[Sequence[str]], list[str]]  # the sources' signed release files
+    release_date: Callable[[str], int | None]  # a release file's text -> its date (epoch s)
+    index_dir: str  # where the tool leaves the indexes in the root (emptied afterwards)
+    scratch: tuple[str, ...]  # directories of the root kept in RAM while it runs
+    emulated_env: Mapping[str, str]  # extra environment when the arch is emulated
+    relay: Callable[[str], str | None]  # a line of its log -> progress text, if worth it
+    initramfs: Callable[[str], list[str]]  # kernel version -> the chroot command making one
+    #: locale name -> (files to write, relative to the root; the chroot command)
+    locale: Callable[[str], tuple[Mapping[str, str], list[str]]]
+
+
+@dataclass(frozen=True)
 class Family:
     """One OS family: everything the stages must know to build and check its images."""
 
@@ -131,6 +165,10 @@ class Family:
     maas_installs_kernel: bool
     maas_base_image: Callable[[Release], str]
     bootloader_id: str  # the EFI directory grub is installed under
+    #: Scripts of ``seeds/`` the build VM runs for this family: both firmwares' boot
+    #: loaders in the image, and the hygiene that removes every trace of the build.
+    bootloaders_script: str
+    hygiene_script: str
     #: What curtin's hooks install at deploy when missing: arch -> firmware -> packages,
     #: the first being the one a carried package file may stand in for.
     curtin_installs: Mapping[str, Mapping[str, tuple[str, ...]]]
@@ -149,7 +187,7 @@ class Family:
     extended_support: str  # how ``releases`` names the security-only years
     lts_in_version: bool  # "22.04 LTS"
     daily_serials: bool  # daily images carry unpacked/build-info.txt with their serial
-    locale_gen_takes_name: bool  # ``locale-gen NAME`` instead of /etc/locale.gen
+    bootstrap: BootstrapTool | None  # a base from the package mirror, no VM (--base bootstrap)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from . import apt, aptresolve, ubuntu_installer
+from . import apt, apt_bootstrap, aptresolve, ubuntu_installer
 from .seam import Family, Release
 
 CLOUD_MIRROR = "https://cloud-images.ubuntu.com"
@@ -53,6 +53,8 @@ FAMILY = Family(
     maas_base_image=lambda rel: f"ubuntu/{rel.codename}",
     bootloader_id="ubuntu",
     curtin_installs=apt.CURTIN_INSTALLS,
+    bootloaders_script=apt.BOOTLOADERS_SCRIPT,
+    hygiene_script=apt.HYGIENE_SCRIPT,
     resolve_versions=aptresolve.resolve_versions,
     archive_source=apt.archive_source,
     fetch_package=aptresolve.fetch_package,
@@ -62,7 +64,7 @@ FAMILY = Family(
     extended_support="ESM only",
     lts_in_version=True,
     daily_serials=True,
-    locale_gen_takes_name=True,
+    bootstrap=apt_bootstrap.tool(locale_gen_takes_name=True),
 )
 
 
