@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuilder import run
+from imagebuilder.base import recipe as bootrecipe
 from imagebuilder.sources.basedisk import BaseDisk
 
 MIB = 1024 * 1024
@@ -54,7 +55,7 @@ def find_base() -> BaseDisk | None:
 
     for d in cache_dirs():
         cfg = bench_config(d)
-        found = bootstrap.cached_base(d, bootstrap.recipe(cfg))
+        found = bootstrap.cached_base(d, bootrecipe.recipe(cfg))
         if found is not None:
             return found
     return None

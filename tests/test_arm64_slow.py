@@ -24,9 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.base import bootstrap
+from imagebuilder.base import bootstrap, hostcheck
 from imagebuilder.base import layout as diskimage
-from imagebuilder.base.bootstrap import cached_base, emulation_problem, recipe
+from imagebuilder.base.bootstrap import cached_base
+from imagebuilder.base.hostcheck import emulation_problem
+from imagebuilder.base.recipe import recipe
 from imagebuilder.config.tree import Firmware, resolve
 from imagebuilder.vm import qemu
 
@@ -91,9 +93,9 @@ def test_binfmt_check_names_what_is_missing(tmp_path: Path) -> None:
 def test_bootstrap_without_binfmt_fails_in_one_line_naming_the_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bootstrap, "BINFMT_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(hostcheck, "BINFMT_DIR", tmp_path / "nowhere")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(bootstrap, "missing_tools", lambda tool=None: {})
+    monkeypatch.setattr(hostcheck, "missing_tools", lambda tool=None: {})
     cfg = resolve(
         {"series": "bookworm", "base": "bootstrap", "arch": "arm64", "cache_dir": str(tmp_path)},
         environ={},

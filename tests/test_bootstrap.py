@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.base import bootstrap
+from imagebuilder.base import bootstrap, hostcheck, rootfs
 from imagebuilder.base import layout as diskimage
-from imagebuilder.base.bootstrap import Recipe, bootstrap_base, recipe
+from imagebuilder.base import recipe as bootrecipe
+from imagebuilder.base.bootstrap import bootstrap_base
+from imagebuilder.base.recipe import Recipe, recipe
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import BootstrapError, OfflineError, host_package_hint
 from imagebuilder.families import catalogue, debian, ubuntu
@@ -110,7 +112,7 @@ def test_cache_key_changes_with_the_recipe_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = recipe(cfg_for(tmp=tmp_path)).key
-    monkeypatch.setattr(bootstrap, "RECIPE_VERSION", bootstrap.RECIPE_VERSION + 1)
+    monkeypatch.setattr(bootrecipe, "RECIPE_VERSION", bootrecipe.RECIPE_VERSION + 1)
     assert recipe(cfg_for(tmp=tmp_path)).key != before
 
 
@@ -145,7 +147,7 @@ def test_ubuntu_uses_its_archive_keyring_and_components(tmp_path: Path) -> None:
 
 def test_mmdebstrap_argv(tmp_path: Path) -> None:
     rec = recipe(cfg_for(tmp=tmp_path, extra_packages="vim"))
-    argv = rec.tool.argv(bootstrap.job(rec, tmp_path / "root"))
+    argv = rec.tool.argv(rootfs.job(rec, tmp_path / "root"))
     assert argv[0] == "mmdebstrap"
     assert "--variant=minbase" in argv and "--mode=root" in argv and "--arch=amd64" in argv
     include = next(a for a in argv if a.startswith("--include="))
@@ -311,8 +313,8 @@ def test_release_date_is_the_newest_release_file(tmp_path: Path) -> None:
     )
     (lists / "a_dists_bookworm_main_binary-amd64_Packages").write_text("Date: junk\n")
     tool = recipe(cfg_for(tmp=tmp_path)).tool
-    assert bootstrap._release_date(tmp_path, tool) == 1757235600
-    assert bootstrap._release_date(tmp_path / "none", tool) is None
+    assert rootfs.release_date(tmp_path, tool) == 1757235600
+    assert rootfs.release_date(tmp_path / "none", tool) is None
 
 
 def test_mmdebstrap_failure_carries_the_log_tail(
@@ -327,11 +329,11 @@ def test_mmdebstrap_failure_carries_the_log_tail(
     fake.chmod(0o755)
     real = rec.tool
     faked = dataclasses.replace(real, argv=lambda job: [str(fake)])
-    monkeypatch.setattr(bootstrap, "_tool", lambda family: faked)
+    monkeypatch.setattr(bootrecipe, "_tool", lambda family: faked)
     events: list[Event] = []
     log = tmp_path / "bootstrap.log"
     with pytest.raises(BootstrapError) as info:
-        bootstrap._run_tool(rec, tmp_path, log, Progress(events.append), epoch=None)
+        rootfs.run_tool(rec, tmp_path, log, Progress(events.append), epoch=None)
     assert "exit 1" in info.value.message
     assert "Unable to locate package nosuch" in info.value.details
     assert info.value.hint is not None and rec.mirror in info.value.hint
@@ -342,7 +344,7 @@ def test_missing_host_tools_are_named_with_their_packages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("imagebuilder.run.which", _which_without({"mcopy", "mdir"}))
-    assert bootstrap.missing_tools() == {"mcopy": "mtools", "mdir": "mtools"}
+    assert hostcheck.missing_tools() == {"mcopy": "mtools", "mdir": "mtools"}
     with pytest.raises(BootstrapError) as info:
         bootstrap_base(cfg_for(tmp=tmp_path), Progress())
     assert "mcopy" in info.value.message and info.value.hint == host_package_hint("mtools")
@@ -384,7 +386,7 @@ def test_hygiene_after_packages(tmp_path: Path) -> None:
     (lists / "lock").write_text("")
     (lists / "x_InRelease").write_text("Date: now\n")
     rec = recipe(cfg_for(tmp=tmp_path / "cache"))
-    bootstrap._write_files(tmp_path, rec, before_packages=False)
+    rootfs.write_files(tmp_path, rec, before_packages=False)
     assert sorted(p.name for p in (etc / "ssh").iterdir()) == ["sshd_config"]
     assert (etc / "machine-id").read_text() == ""
     assert (etc / "hostname").read_text() == "localhost\n"
@@ -406,7 +408,7 @@ def test_a_failed_build_leaves_only_its_log(
         raise BootstrapError("mmdebstrap bookworm failed (exit 1)", details="E: the mirror")
 
     monkeypatch.setattr("os.geteuid", lambda: 0)
-    monkeypatch.setattr(bootstrap, "missing_tools", lambda tool=None: {})
+    monkeypatch.setattr(hostcheck, "missing_tools", lambda tool=None: {})
     monkeypatch.setattr(bootstrap, "_build", failing_build)
     with pytest.raises(BootstrapError) as info:
         bootstrap_base(cfg, Progress())

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from imagebuilder import run
-from imagebuilder.base.bootstrap import bootstrap_base, recipe
+from imagebuilder.base.bootstrap import bootstrap_base
+from imagebuilder.base.recipe import recipe
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.progress import Progress
 from imagebuilder.sources.basedisk import BaseDisk

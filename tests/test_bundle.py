@@ -22,6 +22,7 @@ import pytest
 import zstandard
 
 from imagebuilder.base import bootstrap
+from imagebuilder.base import recipe as bootrecipe
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ChecksumError, ConfigError, OfflineError, SignatureError
 from imagebuilder.progress import Event, Progress
@@ -187,7 +188,7 @@ def test_bootstrap_bundle_ships_the_cached_base(tmp_path: Path, progress: Progre
         },
         environ={},
     )
-    rec = bootstrap.recipe(online)
+    rec = bootrecipe.recipe(online)
     src = tmp_path / "a" / "bootstrap" / rec.name
     src.mkdir(parents=True)
     run(["qemu-img", "create", "-q", "-f", "qcow2", src / "disk.qcow2", "64M"])

@@ -7,8 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from imagebuilder.base import bootstrap
 from imagebuilder.base import layout as diskimage
+from imagebuilder.base import recipe as bootrecipe
+from imagebuilder.base import rootfs
 from imagebuilder.progress import Event, Progress
 
 RELEASE = "Origin: Debian\nSuite: {suite}\nDate: {date}\nValid-Until: never\n"
@@ -22,8 +23,8 @@ class Events:
         self.seen.append(f"{event.kind}: {event.name}")
 
 
-def recipe(mirror: str) -> bootstrap.Recipe:
-    return bootstrap.Recipe("debian", "bookworm", "amd64", mirror, "/k.gpg", ("main",),
+def recipe(mirror: str) -> bootrecipe.Recipe:
+    return bootrecipe.Recipe("debian", "bookworm", "amd64", mirror, "/k.gpg", ("main",),
                             "linux-image-amd64", ("linux-image-amd64",))  # fmt: skip
 
 
@@ -37,12 +38,12 @@ def test_mirror_epoch_is_the_newest_release_date(tmp_path: Path) -> None:
         d.mkdir(parents=True)
         (d / "InRelease").write_text(RELEASE.format(suite=suite, date=dates[suite]))
     rec = recipe(f"file://{tmp_path}/debian")
-    assert bootstrap.mirror_epoch(rec, Progress()) == 1686528001  # 2023-06-12 00:00:01 UTC
+    assert rootfs.mirror_epoch(rec, Progress()) == 1686528001  # 2023-06-12 00:00:01 UTC
 
 
 def test_an_unreadable_mirror_warns_and_gives_no_epoch(tmp_path: Path) -> None:
     events = Events()
-    assert bootstrap.mirror_epoch(recipe(f"file://{tmp_path}/debian"), Progress(events)) is None
+    assert rootfs.mirror_epoch(recipe(f"file://{tmp_path}/debian"), Progress(events)) is None
     assert any("will not be reproducible" in e for e in events.seen)
 
 

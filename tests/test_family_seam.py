@@ -26,7 +26,8 @@ from typing import Any, cast
 
 import pytest
 
-from imagebuilder.base import bootstrap
+from imagebuilder.base import recipe as bootrecipe
+from imagebuilder.base import rootfs
 from imagebuilder.cli import main as cli_main
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import UnknownSeriesError
@@ -251,16 +252,16 @@ def test_the_installer_stage_serves_the_kind_answers(tiny: None, tmp_path: Path)
 
 
 def test_the_bootstrap_recipe_is_the_family_tool(tiny: None, tmp_path: Path) -> None:
-    rec = bootstrap.recipe(_cfg(extra_packages="tiny-extra"))
+    rec = bootrecipe.recipe(_cfg(extra_packages="tiny-extra"))
     assert rec.packages == ("tiny-base", "tiny-extra", "tiny-kernel")
     assert rec.sources() == ["tiny http://archive.tinyos.invalid/tiny pebble"]
     assert rec.origin.startswith("tinystrap pebble")
-    argv = rec.tool.argv(bootstrap.job(rec, tmp_path))
+    argv = rec.tool.argv(rootfs.job(rec, tmp_path))
     assert argv == ["tinystrap", "pebble", str(tmp_path), *rec.sources()]
-    assert isinstance(bootstrap.job(rec, tmp_path), BootstrapJob)
+    assert isinstance(rootfs.job(rec, tmp_path), BootstrapJob)
     other = dataclasses.replace(TINY, bootstrap=None)
     with pytest.raises(Exception, match="TinyOS bases cannot be bootstrapped"):
-        bootstrap._tool(other)
+        bootrecipe._tool(other)
 
 
 def test_answer_request_carries_plain_values() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from imagebuilder.base import bootstrap, pkgversions
+from imagebuilder.base import recipe as bootrecipe
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ChecksumError, ConfigError, DownloadError, OfflineError, SourceError
 from imagebuilder.families import aptresolve
@@ -286,7 +287,7 @@ VERSIONS = {
 
 def fake_base(cfg: Config, versions: dict[str, str] | None, disk: Path | None = None) -> Path:
     """A bootstrap base in the cache as bootstrap.py leaves one (meta.json + disk.qcow2)."""
-    rec = bootstrap.recipe(cfg)
+    rec = bootrecipe.recipe(cfg)
     dest = cfg.source.cache_dir / "bootstrap" / rec.name
     dest.mkdir(parents=True)
     if disk is not None:
@@ -312,7 +313,7 @@ def test_bootstrap_lock_from_a_cached_base(tmp_path: Path) -> None:
     lk = lock.resolve_lock(cfg, Progress())
     assert lk.bootstrap is not None and lk.cloud is None
     assert lk.bootstrap.packages == VERSIONS
-    assert lk.bootstrap.requested == bootstrap.recipe(cfg).packages
+    assert lk.bootstrap.requested == bootrecipe.recipe(cfg).packages
     assert lk.bootstrap.resolved_from == f"base disk {dest.name}"
     assert lk.bootstrap.mirror == "http://deb.debian.org/debian"
     lock.check_locked(cfg, lk)

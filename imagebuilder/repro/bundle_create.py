@@ -31,6 +31,7 @@ from typing import IO, Any, cast
 import zstandard
 
 from ..base import bootstrap
+from ..base import recipe as bootrecipe
 from ..config.tree import Config
 from ..errors import ChecksumError, DownloadError, OfflineError, SourceError
 from ..progress import Progress
@@ -168,7 +169,7 @@ def _collect(
         kr = cfg.source.keyring or images.default_keyring(cfg.release)
         keyrings += [kr] if kr is not None else []
     if lk.bootstrap is not None:
-        rec_b = bootstrap.recipe(cfg)
+        rec_b = bootrecipe.recipe(cfg)
         base = bootstrap.cached_base(root, rec_b)
         if base is None:
             raise OfflineError(

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..base import bootstrap, pkgversions
+from ..base import recipe as bootrecipe
 from ..config.tree import BaseKind, Config, resolve
 from ..errors import ConfigError, DownloadError, OfflineError
 from ..families import catalogue
@@ -116,7 +117,7 @@ def _cloud_pin(cfg: Config, progress: Progress) -> CloudPin:
     return CloudPin(rec.url, rec.name, rec.sha256, rec.size, rec.date, serial, rec.verified)
 
 
-def _from_mirror(rec: bootstrap.Recipe, progress: Progress) -> Resolution:
+def _from_mirror(rec: bootrecipe.Recipe, progress: Progress) -> Resolution:
     family = catalogue.get(rec.suite).family
     progress.info(
         f"resolving {len(rec.packages)} packages and their dependencies with {family.packages.name}"
@@ -127,7 +128,7 @@ def _from_mirror(rec: bootstrap.Recipe, progress: Progress) -> Resolution:
 
 
 def _bootstrap_pin(cfg: Config, progress: Progress) -> BootstrapPin:
-    rec = bootstrap.recipe(cfg)
+    rec = bootrecipe.recipe(cfg)
     cached = None if cfg.source.refresh else bootstrap.cached_base(cfg.source.cache_dir, rec)
     dates: dict[str, int] = {}
     if cached is not None:
@@ -276,7 +277,7 @@ def _check_cloud(cfg: Config, pin: CloudPin) -> list[str]:
 
 
 def _check_bootstrap(cfg: Config, pin: BootstrapPin) -> list[str]:
-    rec = bootstrap.recipe(cfg)
+    rec = bootrecipe.recipe(cfg)
     out = []
     if rec.mirror != pin.mirror:
         out.append(f"bootstrap mirror: {rec.mirror} now, {pin.mirror} in the lock")
@@ -364,7 +365,7 @@ def check_mirror(cfg: Config, lock: Lock, progress: Progress) -> None:
     (~6 s of apt instead of a ~2 min bootstrap that :func:`check_base` then refuses)."""
     if lock.bootstrap is None or cfg.source.offline:
         return
-    rec = bootstrap.recipe(cfg)
+    rec = bootrecipe.recipe(cfg)
     if bootstrap.cached_base(cfg.source.cache_dir, rec) is not None:
         return
     diffs = compare_versions(lock.bootstrap.packages, _from_mirror(rec, progress).packages)
