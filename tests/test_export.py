@@ -33,7 +33,8 @@ from imagebuilder.config.tree import (
 from imagebuilder.errors import DiskError, ExportError
 from imagebuilder.export import compress, manifest
 from imagebuilder.export.curtin import BUILTIN_DIR
-from imagebuilder.export.recipe import AtomicOutput, default_output, export_disk
+from imagebuilder.export.outfile import AtomicOutput
+from imagebuilder.export.recipe import default_output, export_disk
 from imagebuilder.families import apt
 from imagebuilder.progress import Event, Progress
 from imagebuilder.sources.basedisk import BaseDisk
