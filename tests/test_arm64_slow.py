@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.base import bootstrap, hostcheck
-from imagebuilder.base import layout as diskimage
+from imagebuilder.base import bootloader, bootstrap, disklayout, hostcheck
 from imagebuilder.base.bootstrap import cached_base
 from imagebuilder.base.hostcheck import emulation_problem
 from imagebuilder.base.recipe import recipe
@@ -40,19 +39,19 @@ MASK = "ffffffffffffff00fffffffffffffffffeffffff"
 
 
 def test_arm64_layout_has_no_bios_boot_partition(tmp_path: Path) -> None:
-    layout = diskimage.cloudimg_layout("seed", 3 * diskimage.GIB, arch="arm64")
+    layout = disklayout.cloudimg_layout("seed", 3 * disklayout.GIB, arch="arm64")
     assert [p.number for p in layout.partitions] == [1, 15]
-    assert layout.partition(15).type == diskimage.ESP_TYPE
+    assert layout.partition(15).type == disklayout.ESP_TYPE
     assert layout.partition(15).start == 2048
     esp_end = layout.partition(15).start + (layout.partition(15).size or 0)
     assert esp_end <= layout.partition(1).start
     raw = tmp_path / "disk.raw"
-    diskimage.create_raw(raw, layout)  # the real sfdisk accepts it
+    disklayout.create_raw(raw, layout)  # the real sfdisk accepts it
     out = subprocess.run(["sfdisk", "--json", raw], capture_output=True, check=True, text=True)
     parts = json.loads(out.stdout)["partitiontable"]["partitions"]
     assert sorted(p["node"][-2:].lstrip("w") for p in parts) == ["1", "15"]
     # amd64 keeps the BIOS boot partition, unchanged.
-    amd = diskimage.cloudimg_layout("seed", 3 * diskimage.GIB)
+    amd = disklayout.cloudimg_layout("seed", 3 * disklayout.GIB)
     assert [p.number for p in amd.partitions] == [1, 14, 15]
 
 
@@ -202,6 +201,6 @@ def test_arm64_bookworm_builds_under_tcg_and_passes_inspect(tmp_path: Path) -> N
     assert base is not None and base.kernel == "linux-image-arm64"
     numbers, esp = _esp_files(base.path, tmp_path)
     assert numbers == [1, 15]  # no BIOS boot partition on arm64
-    assert diskimage.removable_loader("arm64") in esp  # EFI/BOOT/BOOTAA64.EFI
+    assert bootloader.removable_loader("arm64") in esp  # EFI/BOOT/BOOTAA64.EFI
     meta = json.loads((base.path.parent / "meta.json").read_text())
     print(f"arm64 bootstrap base: {meta.get('seconds')}")

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.base import bootstrap, hostcheck, rootfs
-from imagebuilder.base import layout as diskimage
+from imagebuilder.base import bootloader, bootstrap, disklayout, hostcheck, mounts, rootfs
 from imagebuilder.base import recipe as bootrecipe
 from imagebuilder.base.bootstrap import bootstrap_base
 from imagebuilder.base.recipe import Recipe, recipe
@@ -157,15 +156,15 @@ def test_mmdebstrap_argv(tmp_path: Path) -> None:
 
 
 def test_grub_defaults_put_the_console_on_serial() -> None:
-    text = diskimage.grub_defaults("amd64")
+    text = bootloader.grub_defaults("amd64")
     assert 'GRUB_CMDLINE_LINUX_DEFAULT="console=tty1 console=ttyS0"' in text
     assert 'GRUB_TERMINAL="serial console"' in text
     assert "GRUB_TIMEOUT=1" in text
-    assert "ttyAMA0" in diskimage.grub_defaults("arm64")
+    assert "ttyAMA0" in bootloader.grub_defaults("arm64")
 
 
 def test_fstab_mounts_by_label_like_a_cloud_image() -> None:
-    lines = [line.split("\t") for line in diskimage.FSTAB.splitlines()]
+    lines = [line.split("\t") for line in bootloader.FSTAB.splitlines()]
     assert lines[0][:3] == ["LABEL=cloudimg-rootfs", "/", "ext4"]
     assert lines[1][:3] == ["LABEL=UEFI", "/boot/efi", "vfat"]
     assert "nofail" in lines[1][3]
@@ -175,32 +174,32 @@ def test_fstab_mounts_by_label_like_a_cloud_image() -> None:
 
 
 def test_layout_ids_are_derived_from_the_seed() -> None:
-    a, b = diskimage.cloudimg_layout("k1"), diskimage.cloudimg_layout("k1")
-    c = diskimage.cloudimg_layout("k2")
+    a, b = disklayout.cloudimg_layout("k1"), disklayout.cloudimg_layout("k1")
+    c = disklayout.cloudimg_layout("k2")
     assert a == b and a.disk_guid != c.disk_guid and a.root_uuid != c.root_uuid
     ids = {a.disk_guid, a.root_uuid.upper(), *(p.uuid for p in a.partitions)}
     assert len(ids) == 5
     assert len(a.esp_serial) == 8 and int(a.esp_serial, 16) >= 0
     with pytest.raises(ValueError):
-        diskimage.cloudimg_layout("k", size=512 * diskimage.MIB)
+        disklayout.cloudimg_layout("k", size=512 * disklayout.MIB)
 
 
 def test_partition_table_matches_an_ubuntu_cloud_image(tmp_path: Path) -> None:
-    layout = diskimage.cloudimg_layout("seed", 3 * diskimage.GIB)
+    layout = disklayout.cloudimg_layout("seed", 3 * disklayout.GIB)
     img = tmp_path / "disk.raw"
-    diskimage.create_raw(img, layout)
-    assert img.stat().st_size == 3 * diskimage.GIB
-    assert img.stat().st_blocks * 512 < 2 * diskimage.MIB  # sparse
+    disklayout.create_raw(img, layout)
+    assert img.stat().st_size == 3 * disklayout.GIB
+    assert img.stat().st_blocks * 512 < 2 * disklayout.MIB  # sparse
     out = subprocess.run(["sfdisk", "--json", img], capture_output=True, check=True).stdout
     table = json.loads(out)["partitiontable"]
     assert table["label"] == "gpt" and table["id"] == layout.disk_guid
     parts = {int(p["node"].removeprefix(str(img))): p for p in table["partitions"]}
     assert sorted(parts) == [1, 14, 15]
-    assert parts[14]["type"] == diskimage.BIOS_BOOT_TYPE
+    assert parts[14]["type"] == disklayout.BIOS_BOOT_TYPE
     assert (parts[14]["start"], parts[14]["size"]) == (2048, 8192)  # 4 MiB
-    assert parts[15]["type"] == diskimage.ESP_TYPE
+    assert parts[15]["type"] == disklayout.ESP_TYPE
     assert (parts[15]["start"], parts[15]["size"]) == (10240, 217088)  # 106 MiB
-    assert parts[1]["type"] == diskimage.LINUX_FS_TYPE
+    assert parts[1]["type"] == disklayout.LINUX_FS_TYPE
     assert parts[1]["start"] == parts[15]["start"] + parts[15]["size"]  # right after the ESP
     last_usable = table["lastlba"]
     assert parts[1]["start"] + parts[1]["size"] > last_usable - 2048  # runs to the end
@@ -210,13 +209,13 @@ def test_partition_table_matches_an_ubuntu_cloud_image(tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_partitions_format_with_labels_and_fixed_ids(tmp_path: Path) -> None:
-    layout = diskimage.cloudimg_layout("fmt-seed", 1 * diskimage.GIB)
+    layout = disklayout.cloudimg_layout("fmt-seed", 1 * disklayout.GIB)
     img = tmp_path / "disk.raw"
-    diskimage.create_raw(img, layout)
-    with diskimage.attached(img, layout) as dev:
-        diskimage.format_partitions(dev, layout, epoch=1700000000)
-        root = diskimage.partition_device(dev, 1)
-        esp = diskimage.partition_device(dev, 15)
+    disklayout.create_raw(img, layout)
+    with mounts.attached(img, layout) as dev:
+        disklayout.format_partitions(dev, layout, epoch=1700000000)
+        root = disklayout.partition_device(dev, 1)
+        esp = disklayout.partition_device(dev, 15)
         blkid = subprocess.run(
             ["blkid", "-o", "export", root, esp], capture_output=True, text=True, check=True
         ).stdout
@@ -234,16 +233,16 @@ def test_partitions_format_with_labels_and_fixed_ids(tmp_path: Path) -> None:
 
 
 def test_esp_stub_config_finds_the_root_by_uuid() -> None:
-    text = diskimage.esp_stub_config("abcd")
+    text = bootloader.esp_stub_config("abcd")
     assert text.splitlines()[0] == "search.fs_uuid abcd root"
     assert "configfile $prefix/grub.cfg" in text
-    assert diskimage.removable_loader("amd64") == "EFI/BOOT/BOOTX64.EFI"
-    assert diskimage.removable_loader("arm64") == "EFI/BOOT/BOOTAA64.EFI"
+    assert bootloader.removable_loader("amd64") == "EFI/BOOT/BOOTX64.EFI"
+    assert bootloader.removable_loader("arm64") == "EFI/BOOT/BOOTAA64.EFI"
 
 
 def test_mounts_under_sees_only_the_tree(tmp_path: Path) -> None:
-    assert diskimage.mounts_under(tmp_path) == []
-    assert Path("/") in diskimage.mounts_under(Path("/"))
+    assert mounts.mounts_under(tmp_path) == []
+    assert Path("/") in mounts.mounts_under(Path("/"))
 
 
 # ---- cache and offline ------------------------------------------------------------
@@ -362,8 +361,8 @@ def _which_without(absent: set[str]) -> Any:
 
 
 def test_boot_config_is_written_before_packages(tmp_path: Path) -> None:
-    diskimage.write_boot_config(tmp_path, "amd64")
-    assert (tmp_path / "etc/fstab").read_text() == diskimage.FSTAB
+    bootloader.write_boot_config(tmp_path, "amd64")
+    assert (tmp_path / "etc/fstab").read_text() == bootloader.FSTAB
     assert "ttyS0" in (tmp_path / "etc/default/grub.d/50-imagebuilder.cfg").read_text()
     conf = tmp_path / "etc/initramfs-tools/conf.d"
     assert (conf / "resume").read_text() == "RESUME=none\n"
@@ -390,7 +389,7 @@ def test_hygiene_after_packages(tmp_path: Path) -> None:
     assert sorted(p.name for p in (etc / "ssh").iterdir()) == ["sshd_config"]
     assert (etc / "machine-id").read_text() == ""
     assert (etc / "hostname").read_text() == "localhost\n"
-    assert (etc / "fstab").read_text() == diskimage.FSTAB
+    assert (etc / "fstab").read_text() == bootloader.FSTAB
     assert os.readlink(etc / "resolv.conf") == "../run/systemd/resolve/stub-resolv.conf"
     assert sorted(p.name for p in lists.iterdir()) == ["lock", "partial"]
 

@@ -7,9 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from imagebuilder.base import layout as diskimage
+from imagebuilder.base import bootloader, disklayout, rootfs
 from imagebuilder.base import recipe as bootrecipe
-from imagebuilder.base import rootfs
 from imagebuilder.progress import Event, Progress
 
 RELEASE = "Origin: Debian\nSuite: {suite}\nDate: {date}\nValid-Until: never\n"
@@ -48,7 +47,7 @@ def test_an_unreadable_mirror_warns_and_gives_no_epoch(tmp_path: Path) -> None:
 
 
 def test_the_esp_is_the_same_bytes_whenever_it_is_made(tmp_path: Path) -> None:
-    layout = diskimage.cloudimg_layout("seed")
+    layout = disklayout.cloudimg_layout("seed")
     stage = tmp_path / "stage" / "EFI" / "BOOT"
     stage.mkdir(parents=True)
     (stage / "BOOTX64.EFI").write_bytes(b"shim" * 1000)
@@ -57,10 +56,10 @@ def test_the_esp_is_the_same_bytes_whenever_it_is_made(tmp_path: Path) -> None:
         fat = tmp_path / f"esp{n}.img"
         fat.write_bytes(b"")
         subprocess.run(["truncate", "-s", "64M", fat], check=True)
-        subprocess.run(["mkfs.vfat", "--invariant", "-F", "32", "-n", diskimage.ESP_LABEL,
+        subprocess.run(["mkfs.vfat", "--invariant", "-F", "32", "-n", disklayout.ESP_LABEL,
                         "-i", layout.esp_serial, fat], check=True, capture_output=True)  # fmt: skip
-        diskimage.copy_to_fat(tmp_path / "stage", fat, epoch=1686528001)
+        bootloader.copy_to_fat(tmp_path / "stage", fat, epoch=1686528001)
         digests.append(hashlib.sha256(fat.read_bytes()).hexdigest())
         time.sleep(1.1)  # a later wall-clock second: nothing of it may reach the bytes
     assert digests[0] == digests[1]
-    assert "EFI/BOOT/BOOTX64.EFI" in diskimage.list_fat(tmp_path / "esp0.img")
+    assert "EFI/BOOT/BOOTX64.EFI" in bootloader.list_fat(tmp_path / "esp0.img")

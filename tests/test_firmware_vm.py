@@ -26,7 +26,7 @@ from typing import Literal
 
 import pytest
 
-from imagebuilder.base import layout
+from imagebuilder.base import disklayout
 from imagebuilder.base.bootstrap import bootstrap_base
 from imagebuilder.config.tree import resolve
 from imagebuilder.progress import Progress
@@ -68,10 +68,10 @@ def _esp_and_bios_boot(disk: Path) -> list[str]:
         for p in json.loads(out.stdout)["partitiontable"]["partitions"]
     }
     found = []
-    if parts.get(14, {}).get("type") == layout.BIOS_BOOT_TYPE:
+    if parts.get(14, {}).get("type") == disklayout.BIOS_BOOT_TYPE:
         found.append("bios-boot-partition")
     esp = parts.get(15)
-    if esp is not None and esp["type"] == layout.ESP_TYPE:
+    if esp is not None and esp["type"] == disklayout.ESP_TYPE:
         listing = subprocess.run(
             ["mdir", "-/", "-b", "-i", f"{disk}@@{int(esp['start']) * 512}", "::/"],
             capture_output=True, check=True, text=True,

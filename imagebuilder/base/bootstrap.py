@@ -37,8 +37,7 @@ from ..families import catalogue
 from ..progress import Progress
 from ..sources import cache
 from ..sources.basedisk import BaseDisk
-from . import hostcheck, rootfs
-from . import layout as diskimage
+from . import disklayout, hostcheck, mounts, rootfs
 from .recipe import DISK_SIZE, RECIPE_VERSION, Recipe, recipe
 
 
@@ -144,7 +143,7 @@ def _keep_failure_log(log: Path, dest: Path) -> Path | None:
 
 def _remove_work_dir(work: Path, progress: Progress) -> None:
     """Delete a temporary build tree, but never through a mount left behind."""
-    if diskimage.mounts_under(work):
+    if mounts.mounts_under(work):
         progress.warning(
             f"{work} still has mounts under it, so it was not deleted: check "
             f"'findmnt -R {work}', unmount, then remove it"
@@ -160,14 +159,14 @@ def _build(
     start = time.monotonic()
     if epoch is None:  # the archive's date: what every timestamp written below is clamped to
         epoch = rootfs.mirror_epoch(rec, progress)
-    layout = diskimage.cloudimg_layout(rec.key, DISK_SIZE, arch=rec.arch)
+    layout = disklayout.cloudimg_layout(rec.key, DISK_SIZE, arch=rec.arch)
     raw = work / "disk.raw"
-    diskimage.create_raw(raw, layout)
+    disklayout.create_raw(raw, layout)
     timings: dict[str, float] = {}
-    with diskimage.attached(raw, layout) as dev:
-        diskimage.format_partitions(dev, layout, epoch=epoch)
-        root_part = diskimage.partition_device(dev, 1)
-        with diskimage.mounted(root_part, work / "root", recursive_umount=True) as target:
+    with mounts.attached(raw, layout) as dev:
+        disklayout.format_partitions(dev, layout, epoch=epoch)
+        root_part = disklayout.partition_device(dev, 1)
+        with mounts.mounted(root_part, work / "root", recursive_umount=True) as target:
             t0 = time.monotonic()
             date = rootfs.fill(rec, target, log, progress, epoch=epoch)
             timings[rec.tool.name] = round(time.monotonic() - t0, 1)
@@ -177,7 +176,7 @@ def _build(
         # Trim on a fresh mount, when every block freed during the build (replaced
         # initramfs images, package caches) is free on disk: they become holes in the raw
         # file and the qcow2 carries no deleted data.
-        with diskimage.mounted(root_part, work / "root") as target:
+        with mounts.mounted(root_part, work / "root") as target:
             run.run(["fstrim", target], check=False)
     progress.info("converting to qcow2")
     run.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, work / "disk.qcow2"])

@@ -18,14 +18,14 @@ from ..errors import (
 )
 from ..families import catalogue
 from ..families.seam import BootstrapTool, Family
-from . import layout as diskimage
+from . import disklayout
 
 #: Bump when the recipe below changes what ends up on the disk: invalidates caches.
 #: 2: SOURCE_DATE_EPOCH always set (mmdebstrap, mke2fs, mtools), FAT made --invariant.
 RECIPE_VERSION = 2
 
 
-DISK_SIZE = 3 * diskimage.GIB
+DISK_SIZE = 3 * disklayout.GIB
 
 
 @dataclass(frozen=True)

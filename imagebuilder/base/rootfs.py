@@ -24,8 +24,7 @@ from ..errors import (
 )
 from ..families.seam import BootstrapJob, BootstrapTool
 from ..progress import Progress
-from . import hostcheck
-from . import layout as diskimage
+from . import bootloader, chroot, disklayout, hostcheck, mounts
 from .recipe import Recipe
 
 LOCALE = "en_US.UTF-8"
@@ -63,7 +62,7 @@ def fill(
     with contextlib.ExitStack() as scratch:
         # The tool's downloads and package lists live in RAM, never on the disk.
         for sub in rec.tool.scratch:
-            scratch.enter_context(diskimage.mounted("tmpfs", target / sub, "-t", "tmpfs"))
+            scratch.enter_context(mounts.mounted("tmpfs", target / sub, "-t", "tmpfs"))
         run_tool(rec, target, log, progress, epoch=epoch)
         date = epoch if epoch is not None else release_date(target, rec.tool)
     for sub in rec.tool.scratch:
@@ -163,12 +162,12 @@ def mirror_epoch(rec: Recipe, progress: Progress) -> int | None:
 def write_files(target: Path, rec: Recipe, *, before_packages: bool) -> None:
     """Plain files of the recipe: before the tool runs (read by package scripts) or after."""
     etc = target / "etc"
-    diskimage.write_boot_config(target, rec.arch)  # again after: the tool writes an fstab
+    bootloader.write_boot_config(target, rec.arch)  # again after: the tool writes an fstab
     if before_packages:
         return
-    diskimage.write_file(etc / "hostname", "localhost\n")
-    diskimage.write_file(etc / "hosts", HOSTS)
-    diskimage.write_file(etc / "machine-id", "", 0o444)
+    chroot.write_file(etc / "hostname", "localhost\n")
+    chroot.write_file(etc / "hosts", HOSTS)
+    chroot.write_file(etc / "machine-id", "", 0o444)
     (target / "var/lib/dbus/machine-id").unlink(missing_ok=True)
     for key in (etc / "ssh").glob("ssh_host_*"):
         key.unlink()
@@ -186,7 +185,7 @@ def configure(
     target: Path,
     rec: Recipe,
     dev: Path,
-    layout: diskimage.DiskLayout,
+    layout: disklayout.DiskLayout,
     work: Path,
     log: Path,
     progress: Progress,
@@ -196,9 +195,9 @@ def configure(
     """Everything after the tool: system settings, boot loaders, hygiene, checks."""
     firmwares = "BIOS + UEFI" if rec.arch == "amd64" else "UEFI"
     progress.info(f"configuring: locale, networkd, ssh, grub ({firmwares})")
-    with diskimage.chroot_mounts(target, dev, layout):
+    with chroot.chroot_mounts(target, dev, layout):
         _configure_system(target, rec, progress, epoch=epoch)
-        diskimage.install_grub(
+        bootloader.install_grub(
             target,
             dev,
             arch=rec.arch,
@@ -229,18 +228,18 @@ def _configure_system(
         ):
             version = kernel.name.removeprefix("vmlinuz-")
             progress.info(f"initramfs for {version} (emulated: several minutes)")
-            diskimage.in_chroot(target, *tool.initramfs(version), env=child_env(epoch))
+            chroot.in_chroot(target, *tool.initramfs(version), env=child_env(epoch))
         files, command = tool.locale(LOCALE)
         for rel_path, text in files.items():
-            diskimage.write_file(target / rel_path, text)
-        diskimage.in_chroot(target, *command)
-        diskimage.write_file(
+            chroot.write_file(target / rel_path, text)
+        chroot.in_chroot(target, *command)
+        chroot.write_file(
             target / "etc/systemd/system/imagebuilder-ssh-hostkeys.service", SSH_KEYGEN_UNIT
         )
         units = ["systemd-networkd.service", "imagebuilder-ssh-hostkeys.service"]
         if (target / "lib/systemd/system/systemd-resolved.service").exists():
             units.append("systemd-resolved.service")
-        diskimage.in_chroot(target, "systemctl", "enable", *units)
+        chroot.in_chroot(target, "systemctl", "enable", *units)
     except CommandError as exc:
         raise BootstrapError(
             f"configuring the bootstrap root failed: {exc.message}",
@@ -251,7 +250,7 @@ def _configure_system(
 
 def check(target: Path, rec: Recipe, dev: Path, root_uuid: str) -> None:
     """Fail now, with a precise message, rather than with a VM that never boots."""
-    problems = diskimage.boot_problems(target, dev, arch=rec.arch, root_uuid=root_uuid)
+    problems = bootloader.boot_problems(target, dev, arch=rec.arch, root_uuid=root_uuid)
     if not list((target / "boot").glob("initrd.img-*")):
         problems.append("no initramfs in /boot")
     locales = target / "usr/lib/locale/locale-archive"
