@@ -48,7 +48,7 @@ from imagebuilder.families.seam import (
 from imagebuilder.installer import build as installer_build
 from imagebuilder.progress import Progress
 from imagebuilder.sources.basedisk import BaseDisk
-from imagebuilder.vm import provision
+from imagebuilder.vm import buildenv, steps
 from imagebuilder.vm.ssh import BuildLog, Result
 
 PKG = Path(__file__).resolve().parent.parent / "imagebuilder"
@@ -195,16 +195,16 @@ class _Guest:
 def test_provisioning_speaks_the_family_package_manager(tiny: None, tmp_path: Path) -> None:
     cfg = _cfg(http_proxy="http://127.0.0.1:3128")
     cloud = BaseDisk(Path("/b.img"), "qcow2", "0" * 64, "test", 0, "cloud", None)
-    assert provision.kernel_package(cloud, cfg) == "tiny-kernel-amd64"  # MAAS has no kernel
-    assert not provision.purges_kernel(cloud, cfg)
-    env = provision.build_env(cfg)
+    assert steps.kernel_package(cloud, cfg) == "tiny-kernel-amd64"  # MAAS has no kernel
+    assert not steps.purges_kernel(cloud, cfg)
+    env = buildenv.build_env(cfg)
     assert env["TINYPKG_YES"] == "1" and "DEBIAN_FRONTEND" not in env
     guest = _Guest()
-    s = provision.Session(
+    s = steps.Session(
         cfg, cloud, cast(Any, None), cast(Any, guest), BuildLog(tmp_path / "build.log"),
         Progress(), "tcg", 60.0, env,
     )  # fmt: skip
-    provision.step_setup(s)
+    steps.step_setup(s)
     s.log.close()
     assert any(c.startswith("cat > /etc/tinypkg/proxy") for c in guest.commands)
     assert any("tinypkg sync" in c for c in guest.commands)

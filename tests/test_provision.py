@@ -14,7 +14,7 @@ from imagebuilder.config.tree import Config, resolve
 from imagebuilder.families import apt
 from imagebuilder.progress import Progress
 from imagebuilder.sources.basedisk import BaseDisk
-from imagebuilder.vm import httpserve, provision, seed
+from imagebuilder.vm import buildenv, httpserve, provision, seed, steps
 from imagebuilder.vm.ssh import BuildLog, Result
 
 
@@ -27,18 +27,18 @@ def _base(kind: str = "cloud", kernel: str | None = None) -> BaseDisk:
 
 
 def _names(base: BaseDisk, cfg: Config) -> list[str]:
-    return [s.name for s in provision.plan(base, cfg)]
+    return [s.name for s in steps.plan(base, cfg)]
 
 
 def test_ubuntu_cloud_image_plan(tmp_path: Path) -> None:
     cfg = _cfg()
     assert _names(_base(), cfg) == ["wait-cloud-init", "setup", "bootloaders", "hygiene"]
-    assert provision.purges_kernel(_base(), cfg)
+    assert steps.purges_kernel(_base(), cfg)
     script = tmp_path / "s.sh"
     script.write_text("#!/bin/sh\n")
     cfg = _cfg(customize=str(script), kernel="linux-generic-hwe-22.04")
-    steps = provision.plan(_base(), cfg)
-    assert [s.name for s in steps] == [
+    planned = steps.plan(_base(), cfg)
+    assert [s.name for s in planned] == [
         "wait-cloud-init",
         "setup",
         "customize",
@@ -46,39 +46,39 @@ def test_ubuntu_cloud_image_plan(tmp_path: Path) -> None:
         "bootloaders",
         "hygiene",
     ]
-    assert steps[2].detail == "s.sh" and steps[3].detail == "linux-generic-hwe-22.04"
-    assert not provision.purges_kernel(_base(), cfg)  # a kernel was asked for
+    assert planned[2].detail == "s.sh" and planned[3].detail == "linux-generic-hwe-22.04"
+    assert not steps.purges_kernel(_base(), cfg)  # a kernel was asked for
 
 
 def test_debian_keeps_its_kernel_and_names_it() -> None:
     cfg = _cfg(series="bookworm")
-    assert not provision.purges_kernel(_base(), cfg)
-    assert provision.kernel_package(_base(), cfg) == "linux-image-amd64"
-    assert provision.kernel_package(_base("bootstrap", "linux-image-cloud-amd64"), cfg) == (
+    assert not steps.purges_kernel(_base(), cfg)
+    assert steps.kernel_package(_base(), cfg) == "linux-image-amd64"
+    assert steps.kernel_package(_base("bootstrap", "linux-image-cloud-amd64"), cfg) == (
         "linux-image-cloud-amd64"
     )
     assert _names(_base(), cfg) == ["wait-cloud-init", "setup", "kernel", "bootloaders", "hygiene"]
-    assert provision.kernel_package(
+    assert steps.kernel_package(
         _base(), _cfg(series="bookworm", kernel="linux-image-rt-amd64")
     ) == ("linux-image-rt-amd64")
 
 
 def test_ubuntu_bootstrap_base_keeps_its_kernel() -> None:
     base = _base("bootstrap", "linux-generic")
-    assert not provision.purges_kernel(base, _cfg())
-    assert provision.kernel_package(base, _cfg()) == "linux-generic"
+    assert not steps.purges_kernel(base, _cfg())
+    assert steps.kernel_package(base, _cfg()) == "linux-generic"
 
 
 def test_guest_proxy_rewrites_host_loopback() -> None:
-    assert provision.guest_proxy("http://127.0.0.1:3128") == "http://10.0.2.2:3128"
-    assert provision.guest_proxy("http://u:p@localhost:8080/") == "http://u:p@10.0.2.2:8080/"
-    assert provision.guest_proxy("proxy.example:3128") == "http://proxy.example:3128"
-    assert provision.guest_proxy("http://squid.lan:3128") == "http://squid.lan:3128"
+    assert buildenv.guest_proxy("http://127.0.0.1:3128") == "http://10.0.2.2:3128"
+    assert buildenv.guest_proxy("http://u:p@localhost:8080/") == "http://u:p@10.0.2.2:8080/"
+    assert buildenv.guest_proxy("proxy.example:3128") == "http://proxy.example:3128"
+    assert buildenv.guest_proxy("http://squid.lan:3128") == "http://squid.lan:3128"
 
 
 def test_proxy_env_and_apt_conf() -> None:
-    assert provision.proxy_env(_cfg()) == {}
-    env = provision.proxy_env(_cfg(http_proxy="http://127.0.0.1:3128", no_proxy="corp.lan"))
+    assert buildenv.proxy_env(_cfg()) == {}
+    env = buildenv.proxy_env(_cfg(http_proxy="http://127.0.0.1:3128", no_proxy="corp.lan"))
     assert env["http_proxy"] == env["HTTP_PROXY"] == "http://10.0.2.2:3128"
     assert "https_proxy" not in env
     # the guest fetches --http-dir files from 10.0.2.2 directly, never through the proxy
@@ -89,15 +89,15 @@ def test_proxy_env_and_apt_conf() -> None:
 
 
 def test_build_env_never_prompts() -> None:
-    assert provision.build_env(_cfg()) == {"DEBIAN_FRONTEND": "noninteractive"}
-    env = provision.build_env(_cfg(https_proxy="http://localhost:3128"))
+    assert buildenv.build_env(_cfg()) == {"DEBIAN_FRONTEND": "noninteractive"}
+    env = buildenv.build_env(_cfg(https_proxy="http://localhost:3128"))
     assert (
         env["DEBIAN_FRONTEND"] == "noninteractive" and env["https_proxy"] == "http://10.0.2.2:3128"
     )
 
 
 def test_build_env_carries_the_outputs_epoch() -> None:
-    env = provision.build_env(_cfg(), 1_700_000_000)
+    env = buildenv.build_env(_cfg(), 1_700_000_000)
     assert env == {"DEBIAN_FRONTEND": "noninteractive", "SOURCE_DATE_EPOCH": "1700000000"}
 
 
@@ -116,10 +116,10 @@ class FakeGuest:
         return "1700000123" if "btime" in command else ""
 
 
-def _session(tmp_path: Path, cfg: Config, guest: FakeGuest) -> provision.Session:
-    return provision.Session(
+def _session(tmp_path: Path, cfg: Config, guest: FakeGuest) -> steps.Session:
+    return steps.Session(
         cfg, _base("bootstrap", "linux-image-amd64"), cast(Any, None), cast(Any, guest),
-        BuildLog(tmp_path / "build.log"), Progress(), "tcg", 60.0, provision.build_env(cfg),
+        BuildLog(tmp_path / "build.log"), Progress(), "tcg", 60.0, buildenv.build_env(cfg),
     )  # fmt: skip
 
 
@@ -127,7 +127,7 @@ def _session(tmp_path: Path, cfg: Config, guest: FakeGuest) -> provision.Session
 def test_setup_updates_apt_only_online_and_records_the_boot(tmp_path: Path, offline: bool) -> None:
     guest = FakeGuest()
     s = _session(tmp_path, _cfg(series="bookworm", offline=offline), guest)
-    provision.step_setup(s)
+    steps.step_setup(s)
     s.log.close()
     assert s.first_boot == 1700000123
     updates = [c for c in guest.commands if "apt-get" in c and "update" in c]

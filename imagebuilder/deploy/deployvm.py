@@ -28,7 +28,7 @@ from ..config.tree import Config
 from ..errors import DeployError, ProvisionError, SSHError
 from ..progress import Progress
 from ..sources.basedisk import BaseDisk
-from ..vm import provision
+from ..vm import provision, steps
 from ..vm.ssh import BuildLog
 from . import maasconfig
 
@@ -113,7 +113,7 @@ def curtin_reason(lines: list[str] | tuple[str, ...]) -> str:
 def deploy_vm(
     base: BaseDisk, cfg: Config, work: Path, progress: Progress, log: BuildLog, *,
     target: Path, mac: str, region_port: int,
-) -> Iterator[provision.Session]:  # fmt: skip
+) -> Iterator[steps.Session]:  # fmt: skip
     """Boot the ephemeral environment with ``target`` attached and only the region reachable."""
     fwd = f"cmd:busybox nc 127.0.0.1 {region_port}"
     changes = {
@@ -128,14 +128,14 @@ def deploy_vm(
     try:
         with provision.build_vm(base, cfg, work, progress, log, spec_changes=changes) as s:
             with progress.stage("deploy-env", "cloud-init of the ephemeral environment"):
-                provision.step_wait_cloud_init(s)
+                steps.step_wait_cloud_init(s)
             yield s
     except (ProvisionError, SSHError) as exc:
         raise DeployError("deploy-vm", exc.message, hint=exc.hint, details=exc.details) from None
 
 
 def install(
-    s: provision.Session, *, curtin_tar: Path, config: str, source: str, logs: Path, kept: Path
+    s: steps.Session, *, curtin_tar: Path, config: str, source: str, logs: Path, kept: Path
 ) -> Installed:
     """Unpack curtin, write the config, run ``curtin install``; fetch its log either way.
 
