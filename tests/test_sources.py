@@ -26,7 +26,9 @@ from imagebuilder.errors import (
 )
 from imagebuilder.progress import Event, Progress
 from imagebuilder.sources import cache, download, images
-from imagebuilder.sources.images import fetch_base_image, list_cache, prune_cache
+from imagebuilder.sources.cache_list import list_cache
+from imagebuilder.sources.cache_prune import prune_cache
+from imagebuilder.sources.images import fetch_base_image
 from tests.fakes.cloudimages import MTIME, CloudImages, GpgKeys, image_bytes
 
 

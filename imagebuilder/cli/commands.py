@@ -157,7 +157,8 @@ def cmd_fetch(ns: argparse.Namespace) -> int:
 
 
 def cmd_cache(ns: argparse.Namespace) -> int:
-    from ..sources.images import list_cache, prune_cache
+    from ..sources.cache_list import list_cache
+    from ..sources.cache_prune import prune_cache
 
     root = ns.cache_dir or tree.default_cache_dir()
     if ns.action == "list":

@@ -33,16 +33,13 @@ from ..progress import Progress
 from ..run import run
 from . import cache, download
 from .basedisk import BaseDisk
-from .cache import CacheEntry, UrlRecord, list_cache, prune_cache
+from .cache import UrlRecord
 
 __all__ = [
-    "CacheEntry",
     "Target",
     "default_keyring",
     "fetch_base_image",
     "fetch_target",
-    "list_cache",
-    "prune_cache",
     "verify_signature",
 ]
 
