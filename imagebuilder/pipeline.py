@@ -46,7 +46,7 @@ def get_base(cfg: Config, progress: Progress, *, lock: Lock | None = None) -> Ba
     download or bootstrap where that can be known, and on the base itself after.
     """
     if lock is not None:
-        from .repro import lock as locking
+        from .repro import lock_check as locking
 
         locking.check_locked(cfg, lock)
         cfg = locking.pin_config(cfg, lock)

@@ -27,7 +27,7 @@ from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ChecksumError, ConfigError, OfflineError, SignatureError
 from imagebuilder.progress import Event, Progress
 from imagebuilder.repro import bundle_create as bundle
-from imagebuilder.repro import bundle_import, lock
+from imagebuilder.repro import bundle_import, lock, lock_check
 from imagebuilder.repro.lock import Lock
 from imagebuilder.run import run
 from imagebuilder.sources import cache, images
@@ -109,11 +109,11 @@ def test_cloud_bundle_round_trip_into_a_fresh_cache(
     assert not [p for p in fresh.iterdir() if p.name.startswith(".import-")]
 
     cfg = offline_cfg(made, fresh, res)
-    lock.check_locked(cfg, res.lock)
+    lock_check.check_locked(cfg, res.lock)
     base = images.fetch_base_image(cfg, progress)
     assert base.path == cache.blob_path(fresh, made.img.sha256)
     assert base.path.read_bytes() == made.img.data and base.date == made.lock.cloud.date  # type: ignore[union-attr]
-    lock.check_base(base, res.lock)
+    lock_check.check_base(base, res.lock)
     rec = cache.load_record(fresh, made.img.url)
     assert rec is not None and rec.verified.startswith("gpg ")
     assert f"imported from bundle (gpg {made.cfg.source.keyring})" in rec.verified
@@ -211,11 +211,11 @@ def test_bootstrap_bundle_ships_the_cached_base(tmp_path: Path, progress: Progre
 
     res = bundle_import.import_bundle(info.path, tmp_path / "b", progress=progress)
     cfg = lock.config_from_lock(res.lock, {"cache_dir": str(tmp_path / "b"), "offline": True})
-    lock.check_locked(cfg, res.lock)
+    lock_check.check_locked(cfg, res.lock)
     base = bootstrap.bootstrap_base(cfg, progress)  # a cache hit: no root, no mirror
     assert base.path == tmp_path / "b" / "bootstrap" / rec.name / "disk.qcow2"
     assert base.path.read_bytes() == (src / "disk.qcow2").read_bytes()
-    lock.check_base(base, res.lock)
+    lock_check.check_base(base, res.lock)
 
 
 # ---- no network at all ------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def test_bootstrap_bundle_ships_the_cached_base(tmp_path: Path, progress: Progre
 CHILD = """
 import json, socket, sys
 from pathlib import Path
-from imagebuilder.repro import bundle_import, lock
+from imagebuilder.repro import bundle_import, lock, lock_check
 from imagebuilder.sources import images
 from imagebuilder.progress import Progress
 
@@ -240,9 +240,9 @@ found = {}
 for offline in (True, False):  # a cache hit needs no HTTP, even without --offline
     cfg = lock.config_from_lock(res.lock, {"cache_dir": str(cache_dir), "offline": offline,
                                            "customize": str(res.customize)})
-    lock.check_locked(cfg, res.lock)
-    base = images.fetch_base_image(lock.pin_config(cfg, res.lock), Progress())
-    lock.check_base(base, res.lock)
+    lock_check.check_locked(cfg, res.lock)
+    base = images.fetch_base_image(lock_check.pin_config(cfg, res.lock), Progress())
+    lock_check.check_base(base, res.lock)
     found[str(offline)] = base.sha256
 print(json.dumps({"reach": reach, "found": found}))
 """

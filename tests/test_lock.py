@@ -24,7 +24,7 @@ from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ChecksumError, ConfigError, DownloadError, OfflineError, SourceError
 from imagebuilder.families import aptresolve
 from imagebuilder.progress import Progress
-from imagebuilder.repro import lock
+from imagebuilder.repro import lock, lock_check
 from imagebuilder.repro.lock import BootstrapPin, CloudPin, Inputs, Lock
 from imagebuilder.run import run
 from imagebuilder.sources import images
@@ -178,12 +178,12 @@ def test_cloud_lock_pins_the_verified_image_and_the_inputs(
     assert lk.inputs.customize_name == "customize.sh"
     assert "user-data.yaml.in" in lk.inputs.seeds
     assert lk.inputs.seeds["user-data.yaml.in"].startswith("644 ")
-    lock.check_locked(cfg, lk)
-    lock.check_locked(
+    lock_check.check_locked(cfg, lk)
+    lock_check.check_locked(
         dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, offline=True)), lk
     )
-    base = images.fetch_base_image(lock.pin_config(cfg, lk), Progress())
-    lock.check_base(base, lk)
+    base = images.fetch_base_image(lock_check.pin_config(cfg, lk), Progress())
+    lock_check.check_base(base, lk)
     assert (
         lock.config_from_lock(lk, {"cache_dir": cfg.source.cache_dir}).source.mirror == server.url
     )
@@ -208,7 +208,7 @@ def test_locked_refuses_a_changed_customize_script(
     _, cfg, lk = locked_cloud(server, keys, tmp_path, script)
     script.write_text(script.read_text() + "echo one more line\n")
     with pytest.raises(ConfigError) as info:
-        lock.check_locked(cfg, lk)
+        lock_check.check_locked(cfg, lk)
     msg = info.value.message
     assert msg.startswith(
         "--locked: 1 input(s) differ from the lock: customize script customize.sh"
@@ -219,7 +219,7 @@ def test_locked_refuses_a_changed_customize_script(
         cfg, provision=dataclasses.replace(cfg.provision, customize=None)
     )
     with pytest.raises(ConfigError, match="customize script: none now, one in the lock"):
-        lock.check_locked(no_script, lk)
+        lock_check.check_locked(no_script, lk)
 
 
 def test_locked_refuses_a_different_base_sha(
@@ -229,14 +229,14 @@ def test_locked_refuses_a_different_base_sha(
     assert lk.cloud is not None
     other = dataclasses.replace(lk, cloud=dataclasses.replace(lk.cloud, sha256="0" * 64))
     with pytest.raises(ConfigError) as info:
-        lock.check_locked(cfg, other)
+        lock_check.check_locked(cfg, other)
     assert f"the cache holds sha256 {img.sha256[:16]}" in info.value.message
     base = images.fetch_base_image(cfg, Progress())
     with pytest.raises(ConfigError, match="the base image is sha256"):
-        lock.check_base(base, other)
+        lock_check.check_base(base, other)
     # Pinned, sources refuse other content outright (here: after downloading it).
     with pytest.raises(ChecksumError):
-        images.fetch_base_image(lock.pin_config(cfg, other), Progress())
+        images.fetch_base_image(lock_check.pin_config(cfg, other), Progress())
 
 
 def test_every_difference_is_named_at_once(
@@ -246,7 +246,7 @@ def test_every_difference_is_named_at_once(
     script.write_text("#!/bin/sh\n")
     moved = dataclasses.replace(lk, tool_version="0.0.9")
     with pytest.raises(ConfigError) as info:
-        lock.check_locked(
+        lock_check.check_locked(
             cloud_cfg(server, keys, tmp_path, customize=str(script), serial="2"), moved
         )
     msg = info.value.message
@@ -270,7 +270,7 @@ def test_locked_refuses_changed_seed_templates(
     (seeds / "user-data.yaml.in").write_text("#cloud-config\n")
     (seeds / "extra.in").write_text("x")
     with pytest.raises(ConfigError) as info:
-        lock.check_locked(cfg, lk)
+        lock_check.check_locked(cfg, lk)
     assert (
         "seed templates (seeds/): user-data.yaml.in changed, extra.in added" in info.value.message
     )
@@ -316,18 +316,18 @@ def test_bootstrap_lock_from_a_cached_base(tmp_path: Path) -> None:
     assert lk.bootstrap.requested == bootrecipe.recipe(cfg).packages
     assert lk.bootstrap.resolved_from == f"base disk {dest.name}"
     assert lk.bootstrap.mirror == "http://deb.debian.org/debian"
-    lock.check_locked(cfg, lk)
+    lock_check.check_locked(cfg, lk)
     base = bootstrap.bootstrap_base(cfg, Progress())
-    lock.check_base(base, lk)
+    lock_check.check_base(base, lk)
 
     (dest / "meta.json").write_text(
         (dest / "meta.json").read_text().replace("2.36-9+deb12u7", "2.36-9+deb12u8")
     )
     with pytest.raises(ConfigError) as info:
-        lock.check_locked(cfg, lk)
+        lock_check.check_locked(cfg, lk)
     assert "libc6 2.36-9+deb12u7 -> 2.36-9+deb12u8" in info.value.message
     with pytest.raises(ConfigError) as info:
-        lock.check_base(base, lk)
+        lock_check.check_base(base, lk)
     assert "1 package(s) other than the lock pins: libc6 2.36-9+deb12u7 -> 2.36-9+deb12u8" in (
         info.value.message
     )
@@ -341,7 +341,7 @@ def test_bootstrap_package_list_and_mirror_changes_are_refused(tmp_path: Path) -
         tmp_path, offline=True, extra_packages="htop", mirror="http://mirror.example/debian"
     )
     with pytest.raises(ConfigError) as info:
-        lock.check_locked(other, lk)
+        lock_check.check_locked(other, lk)
     msg = info.value.message
     assert "bootstrap mirror: http://mirror.example/debian now" in msg
     assert "bootstrap package list: +htop" in msg

@@ -28,7 +28,7 @@ from imagebuilder import pipeline
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import ConfigError
 from imagebuilder.progress import PlainRenderer, Progress
-from imagebuilder.repro import bundle_create, lock
+from imagebuilder.repro import bundle_create, lock, lock_check
 from imagebuilder.repro.diff_outputs import diff_outputs, render
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm, pytest.mark.root]
@@ -102,8 +102,11 @@ def test_versions_resolved_from_the_mirror_are_what_bootstrap_installs(tmp_path:
     assert from_disk.bootstrap.resolved_from.startswith("base disk")
     assert from_mirror.bootstrap.resolved_from.startswith("apt indexes")
     assert len(from_disk.bootstrap.packages) > 200
-    assert lock.compare_versions(from_mirror.bootstrap.packages, from_disk.bootstrap.packages) == []
-    lock.check_base(base, from_mirror)
+    assert (
+        lock_check.compare_versions(from_mirror.bootstrap.packages, from_disk.bootstrap.packages)
+        == []
+    )
+    lock_check.check_base(base, from_mirror)
 
 
 def test_check_mirror_refuses_a_lock_the_mirror_no_longer_serves(tmp_path: Path) -> None:
@@ -113,11 +116,11 @@ def test_check_mirror_refuses_a_lock_the_mirror_no_longer_serves(tmp_path: Path)
     )
     lk = lock.resolve_lock(cfg, progress())
     assert lk.bootstrap is not None and lk.bootstrap.resolved_from.startswith("apt indexes")
-    lock.check_mirror(cfg, lk, progress())
+    lock_check.check_mirror(cfg, lk, progress())
     old = dict(lk.bootstrap.packages, libc6="2.36-9+deb12u1")
     stale = dataclasses.replace(lk, bootstrap=dataclasses.replace(lk.bootstrap, packages=old))
     with pytest.raises(ConfigError) as info:
-        lock.check_mirror(cfg, stale, progress())
+        lock_check.check_mirror(cfg, stale, progress())
     assert f"libc6 2.36-9+deb12u1 -> {lk.bootstrap.packages['libc6']}" in info.value.message
     assert not (tmp_path / "bootstrap").exists()
 

@@ -37,8 +37,8 @@ from ..errors import ChecksumError, DownloadError, OfflineError, SourceError
 from ..progress import Progress
 from ..sources import cache, download, images
 from ..version import __version__
-from . import lock
-from .lockfile import Lock, to_toml
+from . import lock_check
+from .lockfile import CloudPin, Lock, to_toml
 
 FORMAT = 1
 MANIFEST = "bundle.json"
@@ -111,7 +111,7 @@ def _tree(root: Path, prefix: str) -> list[tuple[str, Path]]:
 
 
 def _sums_files(
-    cfg: Config, pin: lock.CloudPin, verified_sums: str, progress: Progress
+    cfg: Config, pin: CloudPin, verified_sums: str, progress: Progress
 ) -> list[tuple[str, bytes]]:
     """The published checksum file (+ signature) if it still lists the locked build."""
     rel = cfg.release
@@ -176,7 +176,7 @@ def _collect(
                 f"the cache {root} has no bootstrap base {rec_b.name} to bundle",
                 hint="build once with --locked (it bootstraps the base), then bundle",
             )
-        lock.check_base(base, lk)
+        lock_check.check_base(base, lk)
         d = base.path.parent
         items += [(f"bootstrap/{rec_b.name}/{n}", d / n) for n in ("meta.json", "disk.qcow2")]
         facts["bootstrap"] = {"name": rec_b.name}
@@ -242,7 +242,7 @@ def create_bundle(
     cfg: Config, lk: Lock, out: Path, *, progress: Progress, level: int = DEFAULT_LEVEL
 ) -> BundleInfo:
     """Write the bundle for ``lk`` to ``out`` (atomically); ``cfg`` must match the lock."""
-    lock.check_locked(cfg, lk)
+    lock_check.check_locked(cfg, lk)
     items, facts = _collect(cfg, lk, progress)
     root = cfg.source.cache_dir
     members = [_member(name, src, root) for name, src in items]
