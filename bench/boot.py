@@ -13,7 +13,7 @@ being measured:
   communicator).
 
 The pollers learn the port and the per-build keys by wrapping ``BuildKeys.generate``
-and ``qemu.free_port`` while ``build_vm`` runs (see :class:`Observer`). Each login
+and ``qemu_cmdline.free_port`` while ``build_vm`` runs (see :class:`Observer`). Each login
 pins the guest's host key. This module does not print.
 """
 
@@ -136,7 +136,7 @@ class Poller(threading.Thread):
 class Observer:
     """Learns the build VM's SSH port and client key as ``build_vm`` makes them.
 
-    While active, ``provision.BuildKeys.generate`` and ``qemu.free_port`` are wrapped
+    While active, ``provision.BuildKeys.generate`` and ``qemu_cmdline.free_port`` are wrapped
     (nothing is edited; the originals are restored on exit): the keys are kept, and
     the moment the port is chosen (just before qemu starts) starts the pollers.
     """
@@ -151,9 +151,9 @@ class Observer:
     def __enter__(self) -> Observer:
         from unittest import mock
 
-        from imagebuilder.vm import provision, qemu
+        from imagebuilder.vm import provision, qemu_cmdline
 
-        real_keys, real_port = vars(provision)["BuildKeys"], qemu.free_port
+        real_keys, real_port = vars(provision)["BuildKeys"], qemu_cmdline.free_port
         observer = self
 
         class Keys(real_keys):  # type: ignore[valid-type,misc]
@@ -171,7 +171,7 @@ class Observer:
             return observer.port
 
         self._stack.enter_context(mock.patch.object(provision, "BuildKeys", Keys))
-        self._stack.enter_context(mock.patch.object(qemu, "free_port", free_port))
+        self._stack.enter_context(mock.patch.object(qemu_cmdline, "free_port", free_port))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -241,7 +241,7 @@ def one_boot(base: BaseDisk, cfg: Config, work: Path) -> dict[str, float]:
 
 def bench_boot(ctx: Context) -> tuple[list[Row], list[Ratio]]:
     why = missing("imagebuilder.vm.provision", "build_vm", "BuildKeys", "BUILD_USER")
-    why = why or missing("imagebuilder.vm.qemu", "free_port")
+    why = why or missing("imagebuilder.vm.qemu_cmdline", "free_port")
     why = why or missing("imagebuilder.vm.ssh", "Guest", "BuildLog")
     if why:
         return [Row(BENCH, "imagebuilder", status=f"skipped: {why}")], []

@@ -29,7 +29,7 @@ from imagebuilder.base.bootstrap import cached_base
 from imagebuilder.base.hostcheck import emulation_problem
 from imagebuilder.base.recipe import recipe
 from imagebuilder.config.tree import Firmware, resolve
-from imagebuilder.vm import qemu
+from imagebuilder.vm import qemu_cmdline, uefi
 
 ARM64_ELF = "7f454c460201010000000000000000000200b700"
 MASK = "ffffffffffffff00fffffffffffffffffeffffff"
@@ -111,17 +111,17 @@ def test_bootstrap_without_binfmt_fails_in_one_line_naming_the_fix(
 
 
 def test_arm64_build_vm_is_virt_with_aavmf_under_tcg(tmp_path: Path) -> None:
-    spec = qemu.MachineSpec(
+    spec = qemu_cmdline.MachineSpec(
         arch="arm64", accel="tcg", disk=tmp_path / "d.qcow2", serial_log=tmp_path / "s.log",
         qmp_socket=tmp_path / "q.sock", ssh_port=2222, firmware=Firmware.UEFI,
         firmware_code=tmp_path / "code.fd", firmware_vars=tmp_path / "vars.fd",
     )  # fmt: skip
-    argv = qemu.qemu_argv(spec)
+    argv = qemu_cmdline.qemu_argv(spec)
     assert argv[0] == "qemu-system-aarch64"
     assert argv[argv.index("-machine") + 1].startswith("virt")
     assert argv[argv.index("-accel") + 1] == "tcg"
     assert argv[argv.index("-cpu") + 1].split(",")[0] == "max"
-    assert qemu.UEFI_FIRMWARE["arm64"][0].name == "AAVMF_CODE.fd"
+    assert uefi.UEFI_FIRMWARE["arm64"][0].name == "AAVMF_CODE.fd"
 
 
 # ---- slow: the whole arm64 build --------------------------------------------------------

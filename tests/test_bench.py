@@ -304,14 +304,14 @@ def test_warm_cache_reads_data_and_skips_holes(tmp_path: Path) -> None:
 
 def test_observer_sees_keys_and_port_and_restores() -> None:
     from bench.boot import Observer
-    from imagebuilder.vm import provision, qemu
+    from imagebuilder.vm import provision, qemu_cmdline
 
-    real_keys, real_port = vars(provision)["BuildKeys"], qemu.free_port
+    real_keys, real_port = vars(provision)["BuildKeys"], qemu_cmdline.free_port
     started: list[float] = []
     with Observer(started.append) as obs:
         keys = vars(provision)["BuildKeys"].generate("bench")
-        port = qemu.free_port()
-        qemu.free_port()  # a retry: pollers are started once
+        port = qemu_cmdline.free_port()
+        qemu_cmdline.free_port()  # a retry: pollers are started once
     assert obs.keys is keys and obs.port != 0 and port > 0
     assert len(started) == 1 and started[0] == obs.t0
-    assert vars(provision)["BuildKeys"] is real_keys and qemu.free_port is real_port
+    assert vars(provision)["BuildKeys"] is real_keys and qemu_cmdline.free_port is real_port

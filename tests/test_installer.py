@@ -23,7 +23,7 @@ from imagebuilder.families.catalogue import get as release
 from imagebuilder.families.seam import IsoEntry
 from imagebuilder.installer import boot as installer
 from imagebuilder.installer import iso
-from imagebuilder.vm import qemu
+from imagebuilder.vm import qemu_cmdline
 from imagebuilder.vm.keys import BuildKeys
 from tests.fakes.isoimage import make_iso
 
@@ -133,8 +133,8 @@ def test_iso_directory_urls() -> None:
 # ---- the installer VM -----------------------------------------------------------------------
 
 
-def _spec(tmp_path: Path, arch: str = "amd64") -> qemu.MachineSpec:
-    return qemu.MachineSpec(
+def _spec(tmp_path: Path, arch: str = "amd64") -> qemu_cmdline.MachineSpec:
+    return qemu_cmdline.MachineSpec(
         arch=arch, accel="tcg", disk=tmp_path / "disk.raw", disk_format="raw",
         serial_log=tmp_path / "serial.log", qmp_socket=tmp_path / "qmp.sock", ssh_port=2222,
         firmware=Firmware.UEFI, firmware_code=tmp_path / "code.fd",
@@ -154,7 +154,7 @@ def test_installer_argv_boots_the_iso_kernel_with_autoinstall(tmp_path: Path) ->
         cdrom=tmp_path / "live,server.iso",
     )
     spec = installer.installer_spec(_spec(tmp_path), boot, min_memory=ubuntu_installer.MIN_MEMORY)
-    argv = qemu.qemu_argv(spec)
+    argv = qemu_cmdline.qemu_argv(spec)
     assert _after(argv, "-kernel") == [str(tmp_path / "vmlinuz")]
     assert _after(argv, "-initrd") == [str(tmp_path / "initrd")]
     (append,) = _after(argv, "-append")

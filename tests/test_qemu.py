@@ -13,8 +13,8 @@ import pytest
 from imagebuilder.config.tree import Accel, Firmware
 from imagebuilder.errors import MachineError
 from imagebuilder.progress import Event, Progress
-from imagebuilder.vm import accel, qemu
-from imagebuilder.vm.qemu import MachineSpec, qemu_argv
+from imagebuilder.vm import accel, qemu, qemu_cmdline, timeouts, uefi
+from imagebuilder.vm.qemu_cmdline import MachineSpec, qemu_argv
 
 
 def _spec(tmp_path: Path, **kw: object) -> MachineSpec:
@@ -98,10 +98,10 @@ def test_arm64_argv(tmp_path: Path) -> None:
 
 
 def test_timeouts_scale_for_emulated_arm64_only() -> None:
-    assert qemu.boot_timeout("tcg", arch="arm64") == 2 * qemu.boot_timeout("tcg")
-    assert qemu.poweroff_timeout("tcg", arch="arm64") == 2 * qemu.poweroff_timeout("tcg")
-    assert qemu.boot_timeout("kvm", arch="arm64") == qemu.boot_timeout("kvm")
-    assert qemu.boot_timeout("tcg", 42.0, arch="arm64") == 42.0  # --timeout wins
+    assert timeouts.boot_timeout("tcg", arch="arm64") == 2 * timeouts.boot_timeout("tcg")
+    assert timeouts.poweroff_timeout("tcg", arch="arm64") == 2 * timeouts.poweroff_timeout("tcg")
+    assert timeouts.boot_timeout("kvm", arch="arm64") == timeouts.boot_timeout("kvm")
+    assert timeouts.boot_timeout("tcg", 42.0, arch="arm64") == 42.0  # --timeout wins
 
 
 def test_vnc_is_loopback_only(tmp_path: Path) -> None:
@@ -123,23 +123,23 @@ def test_no_seed_no_seed_drive(tmp_path: Path) -> None:
 # ---- firmware ----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not qemu.UEFI_FIRMWARE["amd64"][1].exists(), reason="ovmf not installed")
+@pytest.mark.skipif(not uefi.UEFI_FIRMWARE["amd64"][1].exists(), reason="ovmf not installed")
 def test_uefi_vars_are_a_private_copy(tmp_path: Path) -> None:
-    code, vars_ = qemu.prepare_firmware("amd64", Firmware.UEFI, tmp_path)
-    assert code == qemu.UEFI_FIRMWARE["amd64"][0]
+    code, vars_ = uefi.prepare_firmware("amd64", Firmware.UEFI, tmp_path)
+    assert code == uefi.UEFI_FIRMWARE["amd64"][0]
     assert vars_ is not None and vars_.parent == tmp_path
-    assert vars_.read_bytes() == qemu.UEFI_FIRMWARE["amd64"][1].read_bytes()
-    assert qemu.prepare_firmware("amd64", Firmware.BIOS, tmp_path) == (None, None)
+    assert vars_.read_bytes() == uefi.UEFI_FIRMWARE["amd64"][1].read_bytes()
+    assert uefi.prepare_firmware("amd64", Firmware.BIOS, tmp_path) == (None, None)
 
 
 def test_arm64_firmware_is_padded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, template = tmp_path / "CODE.fd", tmp_path / "VARS.fd"
     code.write_bytes(b"\x01" * 2 * 1024 * 1024)
     template.write_bytes(b"\x02" * 1024)
-    monkeypatch.setitem(qemu.UEFI_FIRMWARE, "arm64", (code, template))
+    monkeypatch.setitem(uefi.UEFI_FIRMWARE, "arm64", (code, template))
     build = tmp_path / "build"
     build.mkdir()
-    got_code, got_vars = qemu.prepare_firmware("arm64", Firmware.UEFI, build)
+    got_code, got_vars = uefi.prepare_firmware("arm64", Firmware.UEFI, build)
     assert got_code is not None and got_vars is not None
     assert got_code.parent == build and got_vars.parent == build
     assert got_code.stat().st_size == got_vars.stat().st_size == 64 << 20
@@ -149,9 +149,9 @@ def test_arm64_firmware_is_padded(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_missing_firmware_names_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(qemu.UEFI_FIRMWARE, "amd64", (tmp_path / "no", tmp_path / "no2"))
+    monkeypatch.setitem(uefi.UEFI_FIRMWARE, "amd64", (tmp_path / "no", tmp_path / "no2"))
     with pytest.raises(MachineError) as err:
-        qemu.prepare_firmware("amd64", Firmware.UEFI, tmp_path)
+        uefi.prepare_firmware("amd64", Firmware.UEFI, tmp_path)
     assert err.value.hint is not None and "ovmf" in err.value.hint
 
 
@@ -184,7 +184,7 @@ def test_a_failed_boot_is_recognised_on_the_console(tmp_path: Path) -> None:
 def test_free_port_is_free() -> None:
     import socket
 
-    port = qemu.free_port()
+    port = qemu_cmdline.free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
 
@@ -294,7 +294,7 @@ def probe_disk(tmp_path: Path) -> Path:
 def _machine_spec(tmp_path: Path, disk: Path, **kw: object) -> MachineSpec:
     return _spec(
         tmp_path, disk=disk, disk_format="raw", firmware=Firmware.BIOS, firmware_code=None,
-        firmware_vars=None, seed=None, ssh_port=qemu.free_port(), memory=64, cpus=1, **kw,
+        firmware_vars=None, seed=None, ssh_port=qemu_cmdline.free_port(), memory=64, cpus=1, **kw,
     )  # fmt: skip
 
 

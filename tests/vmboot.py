@@ -17,7 +17,7 @@ Two functions, for tests that must show an output really boots:
   no bootable device...) it raises :class:`BootFailed` with the console's tail.
   qemu is always killed when it returns or raises.
 
-The qemu command line is imagebuilder's own (:func:`imagebuilder.vm.qemu.qemu_argv`,
+The qemu command line is imagebuilder's own (:func:`imagebuilder.vm.qemu_cmdline.qemu_argv`,
 via :class:`imagebuilder.vm.qemu.Machine`), always with ``-accel tcg``. This module
 knows nothing about how the image was built.
 """
@@ -38,7 +38,7 @@ from typing import Literal
 from imagebuilder import run
 from imagebuilder.config.tree import Firmware
 from imagebuilder.errors import MachineError
-from imagebuilder.vm import qemu, seed
+from imagebuilder.vm import qemu, qemu_cmdline, seed, uefi
 
 __all__ = ["BootFailed", "boot_to_login", "write_dd"]
 
@@ -144,15 +144,15 @@ def boot_to_login(
         },
     )
     fw = Firmware(firmware)
-    code, vars_ = qemu.prepare_firmware(arch, fw, workdir)
+    code, vars_ = uefi.prepare_firmware(arch, fw, workdir)
     log = workdir / "serial.log"
     report = re.compile(re.escape(marker) + r" host=(\S*) user=(\S*) fw=(\w+)")
     expected = (hostname, USER, firmware)
     start = time.monotonic()
     with qemu.short_socket_path(workdir / "qmp.sock") as qmp_path:
-        spec = qemu.MachineSpec(
+        spec = qemu_cmdline.MachineSpec(
             arch=arch, accel="tcg", disk=overlay, serial_log=log, qmp_socket=qmp_path,
-            ssh_port=qemu.free_port(), memory=memory, cpus=cpus, firmware=fw,
+            ssh_port=qemu_cmdline.free_port(), memory=memory, cpus=cpus, firmware=fw,
             firmware_code=code, firmware_vars=vars_, seed=iso, name=f"vmboot-{firmware}",
         )  # fmt: skip
         machine = qemu.Machine(spec, stderr_log=workdir / "qemu.log")

@@ -34,7 +34,7 @@ from ..config.choices import BaseKind, FileType, Firmware
 from ..config.tree import Config, resolve
 from ..errors import ConfigError, host_package_hint
 from ..progress import Progress
-from ..vm import qemu
+from ..vm import timeouts, uefi
 from ..vm.keys import BuildKeys
 from ..vm.ssh import BuildLog
 from . import curtinsrc, deployvm, imagefile, maasconfig, region, targetboot
@@ -163,12 +163,13 @@ def deploy_one(
                 if fw is Firmware.UEFI:
                     shutil.copyfile(work / "efivars-amd64.fd", kept_vars)
             user = done.default_user or "ubuntu"
-            code = qemu.UEFI_FIRMWARE["amd64"][0] if fw is Firmware.UEFI else None
+            code = uefi.UEFI_FIRMWARE["amd64"][0] if fw is Firmware.UEFI else None
             files = (code, kept_vars) if fw is Firmware.UEFI else (None, None)
             booted = targetboot.boot_target(
                 disk=target, firmware=fw, firmware_files=files, mac=MAC, region=reg,
                 region_address=deployvm.REGION_ADDRESS, keys=login, user=user, work=work,
-                progress=progress, log=log, timeout=qemu.boot_timeout("tcg", env.machine.timeout),
+                progress=progress, log=log,
+                timeout=timeouts.boot_timeout("tcg", env.machine.timeout),
             )  # fmt: skip
         return FirmwareResult(
             firmware=fw.value, curtin_seconds=round(done.seconds, 1),
@@ -189,7 +190,7 @@ def _check_host(fws: list[Firmware]) -> None:
         raise ConfigError("busybox not found (it relays the guest's HTTP to the region)",
                           hint=host_package_hint("busybox"))  # fmt: skip
     if Firmware.UEFI in fws:
-        for path in qemu.UEFI_FIRMWARE["amd64"]:
+        for path in uefi.UEFI_FIRMWARE["amd64"]:
             if not path.is_file():
                 raise ConfigError(f"{path} not found (OVMF, for the UEFI deploy)",
                                   hint=host_package_hint("ovmf"))  # fmt: skip

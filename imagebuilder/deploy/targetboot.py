@@ -27,7 +27,7 @@ from pathlib import Path
 from ..config.choices import Firmware
 from ..errors import DeployError, MachineError, SSHError
 from ..progress import Progress
-from ..vm import qemu
+from ..vm import qemu, qemu_cmdline
 from ..vm.keys import BuildKeys
 from ..vm.ssh import BuildLog, Guest
 from .region import Region
@@ -77,9 +77,9 @@ def boot_target(
     serial = work / "target-serial.log"
     with contextlib.ExitStack() as stack:
         qmp_path = stack.enter_context(qemu.short_socket_path(work / "target-qmp.sock"))
-        spec = qemu.MachineSpec(
+        spec = qemu_cmdline.MachineSpec(
             arch="amd64", accel="tcg", disk=disk, disk_format="raw", serial_log=serial,
-            qmp_socket=qmp_path, ssh_port=qemu.free_port(), memory=1024, cpus=2,
+            qmp_socket=qmp_path, ssh_port=qemu_cmdline.free_port(), memory=1024, cpus=2,
             firmware=firmware, firmware_code=code, firmware_vars=vars_,
             name=f"imagebuilder-deployed-{firmware.value}", mac=mac,
             net_options=f",restrict=on,guestfwd=tcp:{region_address}:80-{fwd}",

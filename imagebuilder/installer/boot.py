@@ -7,7 +7,7 @@ out of the ISO (:mod:`imagebuilder.installer.iso`), writes the answers onto a ci
 seed where the installer reads them from one, and boots the machine with
 ``-kernel/-initrd/-append``, the ISO as a CD-ROM; :func:`run_installer` runs it
 until the installer powers it off. The installer machine is a
-:class:`qemu.MachineSpec` with extra arguments, so ``qemu`` needs no change.
+:class:`qemu_cmdline.MachineSpec` with extra arguments, so ``qemu`` needs no change.
 This module does not download (``sources`` does), does not provision over SSH
 (``provision`` does, on the installed disk) and does not export.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..families.seam import TERMINAL_CODES, InstallerKind
-from ..vm import qemu, seed
+from ..vm import qemu, qemu_cmdline, seed
 from . import iso
 
 __all__ = [
@@ -103,8 +103,8 @@ def installer_args(arch: str, boot: InstallerBoot) -> list[str]:
 
 
 def installer_spec(
-    spec: qemu.MachineSpec, boot: InstallerBoot, *, min_memory: int = 0
-) -> qemu.MachineSpec:
+    spec: qemu_cmdline.MachineSpec, boot: InstallerBoot, *, min_memory: int = 0
+) -> qemu_cmdline.MachineSpec:
     """``spec`` (the build VM: disk, seed, firmware, forwards) turned into the installer VM."""
     memory = max(spec.memory, min_memory)
     return dataclasses.replace(
@@ -154,7 +154,7 @@ def _fatal_line(log: Path, offset: int, fatal: Sequence[str]) -> tuple[str | Non
 
 
 def run_installer(
-    spec: qemu.MachineSpec,
+    spec: qemu_cmdline.MachineSpec,
     *,
     stderr_log: Path,
     timeout: float,

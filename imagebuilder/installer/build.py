@@ -32,7 +32,7 @@ from ..families.seam import AnswerRequest, InstallerKind
 from ..progress import Progress
 from ..run import run
 from ..sources.basedisk import BaseDisk
-from ..vm import httpserve, qemu
+from ..vm import httpserve, qemu, qemu_cmdline, uefi
 from . import boot as installer
 from . import isofetch, netboot, preflight
 
@@ -128,18 +128,18 @@ def install_disk(cfg: Config, build_dir: Path, progress: Progress) -> BaseDisk:
         url, seed = _answers(cfg, kind, work, stack, log, build_id)
         boot, src = _boot_media(cfg, kind, work, progress, kind.cmdline(url, cfg.arch))
         _blank_disk(disk, cfg.machine.disk_size)
-        spec = qemu.build_spec(
+        spec = qemu_cmdline.build_spec(
             cfg,
             accel=accel,
             disk=disk,
             serial_log=build_dir / "install-serial.log",
             qmp_socket=stack.enter_context(qemu.short_socket_path(work / "qmp.sock")),
-            firmware=qemu.prepare_firmware(cfg.arch, cfg.machine.firmware, work),
+            firmware=uefi.prepare_firmware(cfg.arch, cfg.machine.firmware, work),
             seed=seed,
         )
         spec = installer.installer_spec(spec, boot, min_memory=kind.min_memory)
         with open(log, "a") as fh:
-            fh.write(f"qemu: {shlex.join(qemu.qemu_argv(spec))}\n")
+            fh.write(f"qemu: {shlex.join(qemu_cmdline.qemu_argv(spec))}\n")
         console = (lambda line: progress.info(f"console: {line}")) if cfg.machine.console else None
         timeout = installer_timeout(accel, cfg.machine.timeout)
         progress.info(f"installing {cfg.series} ({cfg.layout.value}) from {src.origin}; {accel}")

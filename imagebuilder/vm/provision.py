@@ -27,7 +27,7 @@ from ..config.tree import Config
 from ..errors import MachineError, ProvisionError, SSHError
 from ..progress import Progress
 from ..sources.basedisk import BaseDisk
-from . import httpserve, qemu
+from . import httpserve, qemu, qemu_cmdline, timeouts, uefi
 from .buildenv import build_env
 from .keys import BuildKeys
 from .seed import write_seed
@@ -99,8 +99,8 @@ def build_vm(
         accel = qemu.probe_accel(
             cfg.arch, progress, requested=cfg.machine.accel, cache_dir=cfg.source.cache_dir
         )
-        timeout = qemu.boot_timeout(accel, cfg.machine.timeout, arch=cfg.arch)
-        firmware = qemu.prepare_firmware(cfg.arch, cfg.machine.firmware, build_dir)
+        timeout = timeouts.boot_timeout(accel, cfg.machine.timeout, arch=cfg.arch)
+        firmware = uefi.prepare_firmware(cfg.arch, cfg.machine.firmware, build_dir)
         http_url = None
         if cfg.provision.http_dir is not None:
             port = stack.enter_context(httpserve.serve(cfg.provision.http_dir, log=log.write))
@@ -109,7 +109,7 @@ def build_vm(
         qmp_path = stack.enter_context(qemu.short_socket_path(build_dir / "qmp.sock"))
         console = (lambda line: progress.info(f"console: {line}")) if cfg.machine.console else None
         for attempt in range(3):
-            spec = qemu.build_spec(
+            spec = qemu_cmdline.build_spec(
                 cfg,
                 accel=accel,
                 disk=disk,
@@ -119,7 +119,7 @@ def build_vm(
                 seed=seed,
             )
             spec = dataclasses.replace(spec, **(spec_changes or {}))
-            log.write(f"qemu: {shlex.join(qemu.qemu_argv(spec))}")
+            log.write(f"qemu: {shlex.join(qemu_cmdline.qemu_argv(spec))}")
             machine = qemu.Machine(spec, stderr_log=build_dir / "qemu.log", console=console)
             try:
                 stack.enter_context(machine)
@@ -153,7 +153,7 @@ def build_vm(
 def _power_off(s: Session) -> None:
     """Wait for the guest's own poweroff; ACPI over QMP, then kill, as fallbacks."""
     s.guest.close()
-    wait = qemu.poweroff_timeout(s.accel, arch=s.cfg.arch)
+    wait = timeouts.poweroff_timeout(s.accel, arch=s.cfg.arch)
     if s.machine.wait_exit(wait):
         return
     s.progress.warning("the build VM did not power off by itself; pressing the ACPI power button")

@@ -1,14 +1,14 @@
-"""The build VM's qemu process: its command line, its life, and control over QMP.
+"""The build VM's qemu process: its life, its console, and control over QMP.
 
-:func:`qemu_argv` is pure (a :class:`MachineSpec` in, an argv out) so the command
-line is unit-tested. :class:`Machine` is the context manager that runs it through
+:class:`Machine` is the context manager that runs the command line ``qemu_cmdline``
+builds (SSH forwarded from 127.0.0.1 only, VNC on 127.0.0.1 too) through
 ``run.spawn`` (parent-death signal), with the serial console always written to a
-log file, a QMP socket for ACPI powerdown/quit, SSH forwarded from a free port on
-127.0.0.1 only, and VNC (``--vnc``) bound to 127.0.0.1 too. Leaving the block
-always ends qemu: QMP quit, then terminate, then kill. Failures raise
-MachineError with the serial console's last lines. The accelerator is chosen by
-:func:`imagebuilder.vm.accel.probe_accel`, re-exported here. This module knows
-nothing about SSH or what runs inside the guest.
+log file and a QMP socket for ACPI powerdown/quit. Leaving the block always ends
+qemu: QMP quit, then terminate, then kill. Failures raise MachineError with the
+serial console's last lines, at once when the console shows a line of
+:data:`FATAL_BOOT`. The accelerator is chosen by
+:func:`imagebuilder.vm.accel.probe_accel`, re-exported here. This module builds no
+command line and knows nothing about SSH or what runs inside the guest.
 """
 
 from __future__ import annotations
@@ -16,46 +16,21 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import run
-from ..config.tree import Config, Firmware
-from ..errors import MachineError, host_package_hint
-from ..families.catalogue import QEMU_ARCH
-from .accel import cpu_model, probe_accel
+from ..errors import MachineError
+from .accel import probe_accel
+from .qemu_cmdline import MachineSpec, qemu_argv
 
-__all__ = [
-    "Machine",
-    "MachineSpec",
-    "boot_timeout",
-    "poweroff_timeout",
-    "prepare_firmware",
-    "probe_accel",
-]
+__all__ = ["Machine", "probe_accel"]
 
-#: (code, vars template) per arch for UEFI.
-UEFI_FIRMWARE = {
-    "amd64": (Path("/usr/share/OVMF/OVMF_CODE_4M.fd"), Path("/usr/share/OVMF/OVMF_VARS_4M.fd")),
-    "arm64": (Path("/usr/share/AAVMF/AAVMF_CODE.fd"), Path("/usr/share/AAVMF/AAVMF_VARS.fd")),
-}
-FIRMWARE_PACKAGE = {"amd64": "ovmf", "arm64": "qemu-efi-aarch64"}
-#: qemu's virt machine wants both pflash images exactly this size.
-AARCH64_PFLASH_SIZE = 64 << 20
-#: Seconds to reach SSH (and to finish cloud-init), and to power off, per accelerator.
-BOOT_TIMEOUT = {"kvm": 300.0, "tcg": 900.0}
-POWEROFF_TIMEOUT = {"kvm": 60.0, "tcg": 180.0}
-#: How much slower than an x86 guest under TCG a guest of this arch is on an x86 host
-#: (measured here: the bookworm build VM stages and export took 200-330 s for arm64 and
-#: ~150 s for amd64, 1.3-2.1x; the timeouts themselves are several times a normal boot).
-TCG_SLOWDOWN = {"arm64": 2.0}
 #: Serial console lines that mean the guest will never come up: fail now, not at the timeout.
 FATAL_BOOT = (
     "Kernel panic - not syncing",
@@ -67,148 +42,6 @@ FATAL_BOOT = (
     "UEFI Interactive Shell",  # OVMF found nothing to boot
 )
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def _scale(accel: str, arch: str) -> float:
-    return TCG_SLOWDOWN.get(arch, 1.0) if accel == "tcg" else 1.0
-
-
-def boot_timeout(accel: str, override: float | None = None, *, arch: str = "amd64") -> float:
-    """Seconds to wait for SSH and cloud-init: ``override`` (--timeout) or the default."""
-    if override is not None:
-        return override
-    return BOOT_TIMEOUT[accel] * _scale(accel, arch)
-
-
-def poweroff_timeout(accel: str, *, arch: str = "amd64") -> float:
-    """Seconds the guest gets to power itself off."""
-    return POWEROFF_TIMEOUT[accel] * _scale(accel, arch)
-
-
-@dataclass(frozen=True)
-class MachineSpec:
-    """Everything the qemu command line depends on."""
-
-    arch: str  # "amd64" | "arm64"
-    accel: str  # "kvm" | "tcg"
-    disk: Path
-    serial_log: Path
-    qmp_socket: Path
-    ssh_port: int
-    memory: int = 2048  # MiB
-    cpus: int = 2
-    firmware: Firmware = Firmware.UEFI
-    firmware_code: Path | None = None  # read-only pflash (UEFI)
-    firmware_vars: Path | None = None  # this build's writable copy of the vars store
-    disk_format: str = "qcow2"
-    seed: Path | None = None
-    vnc: bool = False
-    name: str = "imagebuilder"
-    extra: tuple[str, ...] = field(default=())
-    #: Appended to the user netdev (e.g. ",restrict=on,guestfwd=..."): no package source.
-    net_options: str = ""
-    mac: str | None = None  # the NIC's MAC address (qemu picks one when unset)
-
-
-def _opt(path: Path) -> str:
-    """A path inside a -drive/-chardev option: commas are doubled."""
-    return str(path).replace(",", ",,")
-
-
-def qemu_argv(spec: MachineSpec) -> list[str]:
-    """The qemu command line for ``spec`` (no I/O)."""
-    if spec.arch not in QEMU_ARCH:
-        raise MachineError(f"no build VM for architecture {spec.arch!r}")
-    machine = "q35" if spec.arch == "amd64" else "virt,gic-version=max"
-    argv = [
-        f"qemu-system-{QEMU_ARCH[spec.arch]}", "-name", spec.name, "-nodefaults",
-        "-no-user-config", "-machine", machine, "-accel", spec.accel,
-        "-cpu", cpu_model(spec.arch, spec.accel), "-smp", str(spec.cpus), "-m", str(spec.memory),
-    ]  # fmt: skip
-    if spec.arch == "arm64" or spec.firmware is Firmware.UEFI:
-        if spec.firmware_code is None or spec.firmware_vars is None:
-            raise MachineError("UEFI firmware files were not prepared (prepare_firmware)")
-        argv += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(spec.firmware_code)}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={_opt(spec.firmware_vars)}",
-        ]  # fmt: skip
-    argv += [
-        "-drive", f"if=none,id=disk0,format={spec.disk_format},file={_opt(spec.disk)},"
-        "cache=unsafe,discard=unmap",
-        "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
-    ]  # fmt: skip
-    if spec.seed is not None:
-        argv += [
-            "-drive", f"if=none,id=seed0,format=raw,readonly=on,file={_opt(spec.seed)}",
-            "-device", "virtio-blk-pci,drive=seed0",
-        ]  # fmt: skip
-    argv += [
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22{spec.net_options}",
-        "-device", "virtio-net-pci,netdev=net0" + (f",mac={spec.mac}" if spec.mac else ""),
-        "-device", "virtio-rng-pci",
-        "-serial", f"file:{spec.serial_log}",
-        "-qmp", f"unix:{_opt(spec.qmp_socket)},server=on,wait=off",
-    ]  # fmt: skip
-    if spec.vnc:
-        gpu = "VGA" if spec.arch == "amd64" else "virtio-gpu-pci"
-        argv += ["-device", gpu, "-vnc", "127.0.0.1:0,to=99"]
-    else:
-        argv += ["-display", "none"]
-    return argv + list(spec.extra)
-
-
-def prepare_firmware(arch: str, firmware: Firmware, build_dir: Path) -> tuple[Path | None, ...]:
-    """(code, vars) for UEFI: vars copied into ``build_dir`` (AAVMF padded); BIOS: (None, None)."""
-    if arch == "amd64" and firmware is Firmware.BIOS:
-        return (None, None)
-    code, template = UEFI_FIRMWARE[arch]
-    for path in (code, template):
-        if not path.is_file():
-            raise MachineError(
-                f"UEFI firmware {path} not found",
-                hint=host_package_hint(FIRMWARE_PACKAGE[arch])
-                + (" (or use --firmware bios)" if arch == "amd64" else ""),
-            )
-    vars_copy = build_dir / f"efivars-{arch}.fd"
-    shutil.copyfile(template, vars_copy)
-    if arch == "arm64":
-        if code.stat().st_size != AARCH64_PFLASH_SIZE:
-            padded = build_dir / "efi-code-arm64.fd"
-            shutil.copyfile(code, padded)
-            code = padded
-        for p in (code, vars_copy):
-            if p.parent == build_dir:
-                with open(p, "r+b") as fh:
-                    fh.truncate(AARCH64_PFLASH_SIZE)
-    return (code, vars_copy)
-
-
-def build_spec(
-    cfg: Config,
-    *,
-    accel: str,
-    disk: Path,
-    serial_log: Path,
-    qmp_socket: Path,
-    firmware: tuple[Path | None, ...],
-    seed: Path | None,
-) -> MachineSpec:
-    """The build VM ``cfg`` asks for (machine options, ``prepare_firmware``'s files, a free
-    loopback SSH port); the installer and the provisioning VM both start from it."""
-    code, vars_ = firmware
-    return MachineSpec(
-        arch=cfg.arch, accel=accel, disk=disk, serial_log=serial_log, qmp_socket=qmp_socket,
-        ssh_port=free_port(), memory=cfg.machine.memory, cpus=cfg.machine.cpus,
-        firmware=cfg.machine.firmware, firmware_code=code, firmware_vars=vars_, seed=seed,
-        vnc=cfg.machine.vnc, name=f"imagebuilder-{cfg.series}",
-    )  # fmt: skip
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def read_tail(path: Path, lines: int = 30) -> str:
