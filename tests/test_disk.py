@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.config.tree import DiskBackend
-from imagebuilder.disk import access, parttable
+from imagebuilder.disk import access, backends, parttable, root_files, root_mount
 from imagebuilder.errors import DiskError
 from tests.diskfactory import Part, make_disk, minimal_root, sh, xbootldr
 
@@ -94,20 +94,20 @@ def test_lvm_pv_needs_guestfs(tmp_path: Path) -> None:
     layout = parttable.read_layout(*file_reader(raw))
     root = parttable.pick_root(layout)
     assert root is not None and root.fstype == "LVM2_member"
-    assert access.choose_backend(DiskBackend.AUTO, root) is DiskBackend.GUESTFS
+    assert backends.choose_backend(DiskBackend.AUTO, root) is DiskBackend.GUESTFS
     with pytest.raises(DiskError) as err:
-        access.choose_backend(DiskBackend.FUSE, root)
+        backends.choose_backend(DiskBackend.FUSE, root)
     assert err.value.hint == "use --disk-backend guestfs"
 
 
 def test_backend_choice_for_ext4(monkeypatch: pytest.MonkeyPatch) -> None:
     ext4 = parttable.Partition(1, 0, 1 << 20, "", fstype="ext4")
-    monkeypatch.setattr(access, "is_root", lambda: True)
-    assert access.choose_backend(DiskBackend.AUTO, ext4) is DiskBackend.LOOP
-    monkeypatch.setattr(access, "is_root", lambda: False)
-    assert access.choose_backend(DiskBackend.AUTO, ext4) is DiskBackend.FUSE
+    monkeypatch.setattr(backends, "is_root", lambda: True)
+    assert backends.choose_backend(DiskBackend.AUTO, ext4) is DiskBackend.LOOP
+    monkeypatch.setattr(backends, "is_root", lambda: False)
+    assert backends.choose_backend(DiskBackend.AUTO, ext4) is DiskBackend.FUSE
     with pytest.raises(DiskError, match="needs root"):
-        access.choose_backend(DiskBackend.LOOP, ext4)
+        backends.choose_backend(DiskBackend.LOOP, ext4)
 
 
 @pytest.mark.parametrize("fmt", ["qcow2", "raw", "vmdk", "vhdx"])
@@ -119,7 +119,7 @@ def test_serve_reads_any_qemu_format(tmp_path: Path, fmt: str) -> None:
     assert info.format == fmt and info.virtual_size == 43 << 20
     with access.serve(info, tmp_path) as server:
         layout = server.layout()
-    root = access.find_root(layout)
+    root = root_mount.find_root(layout)
     assert (root.number, root.start, root.fstype) == (1, 1 << 20, "ext4")
 
 
@@ -127,7 +127,7 @@ def test_serve_reads_any_qemu_format(tmp_path: Path, fmt: str) -> None:
 def test_mounts_are_read_only_and_leave_the_chain_untouched(
     tmp_path: Path, backend: DiskBackend
 ) -> None:
-    if backend is DiskBackend.LOOP and not access.is_root():
+    if backend is DiskBackend.LOOP and not backends.is_root():
         pytest.skip("loop mounts need root")
     src = tmp_path / "src"
     minimal_root(src)
@@ -144,7 +144,7 @@ def test_mounts_are_read_only_and_leave_the_chain_untouched(
     work.mkdir()
     with access.serve(info, work, fuse=True) as server:
         layout = server.layout()
-        with access.mount_root(server, layout, backend, work) as view:
+        with root_mount.mount_root(server, layout, backend, work) as view:
             assert (view.root / "etc/os-release").read_text().startswith("ID=ubuntu")
             assert view.boot is not None and (view.boot / "vmlinuz-1").read_text() == "k"
             with pytest.raises(OSError):
@@ -216,7 +216,7 @@ def test_separate_boot_from_fstab_is_mounted_beside_root(tmp_path: Path) -> None
     work.mkdir()
     with access.serve(access.probe(path), work, fuse=True) as server:
         layout = server.layout()
-        with access.mount_root(server, layout, DiskBackend.LOOP, work) as view:
+        with root_mount.mount_root(server, layout, DiskBackend.LOOP, work) as view:
             assert view.boot is not None and (view.boot / "vmlinuz-9").read_text() == "k"
 
 
@@ -226,8 +226,8 @@ def test_reads_inside_a_mounted_root_never_follow_symlinks(tmp_path: Path) -> No
     (root / "etc/fstab").symlink_to("/etc/hostname")
     (root / "var").symlink_to("/var")
     (root / "etc/real").write_text("x")
-    assert access.read_in_root(root, "etc/real") == b"x"
-    assert access.read_in_root(root, "etc/fstab") is None
-    assert access.read_in_root(root, "var/lib/dpkg/status") is None
-    assert access.listdir_in_root(root, "var") is None
-    assert access.listdir_in_root(root, "etc") == ["fstab", "real"]
+    assert root_files.read_in_root(root, "etc/real") == b"x"
+    assert root_files.read_in_root(root, "etc/fstab") is None
+    assert root_files.read_in_root(root, "var/lib/dpkg/status") is None
+    assert root_files.listdir_in_root(root, "var") is None
+    assert root_files.listdir_in_root(root, "etc") == ["fstab", "real"]

@@ -1,21 +1,12 @@
-"""Read a finished disk image without ever writing to it.
+"""Serve a finished disk image read-only, in user space.
 
-``qemu-storage-daemon`` serves the image (any format qemu reads: qcow2 with its
-backing chain, raw, vmdk, vhdx) read-only in user space: an NBD export on a unix
-socket, read with libnbd (partition table, raw streaming with block status), and
-optionally a FUSE export, a plain file showing the raw disk. The root filesystem is
-then reached by one of three backends, always read-only:
-
-- ``loop``: ``losetup -r -o OFFSET --sizelimit SIZE`` on the FUSE file and a
-  kernel ``mount -o ro,noload`` (needs root; the fastest);
-- ``fuse``: ``fuse2fs -o ro,fakeroot,offset=OFFSET`` on the FUSE file (rootless, ext*);
-- ``guestfs``: libguestfs reads the disk in its own appliance (LVM, xfs, btrfs;
-  see :mod:`imagebuilder.disk.guestfs`); nothing is mounted on the host.
-
-``auto`` picks loop as root and fuse otherwise for ext2/3/4, guestfs for anything
-else, and loop for xfs/btrfs (as root) where libguestfs cannot run. This module
-never writes to the image it reads; writes to throwaway overlays live in
-:mod:`imagebuilder.disk.guestfs` and :mod:`imagebuilder.export`.
+:func:`probe` asks ``qemu-img`` for an image's format and size; :func:`serve` runs
+``qemu-storage-daemon`` on it (any format qemu reads: qcow2 with its backing chain,
+raw, vmdk, vhdx): an NBD export on a unix socket, read with libnbd through
+:class:`Server` (partition table, raw streaming with block status), and optionally
+a FUSE export, a plain file showing the raw disk, which ``root_mount`` mounts.
+This module mounts nothing and never writes to the image it reads; a writable
+export is for throwaway overlays only (:mod:`imagebuilder.export.overlay`).
 """
 
 from __future__ import annotations
@@ -24,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
 import time
@@ -33,18 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config.tree import DiskBackend
-from ..errors import DiskError, ToolNotFoundError, host_package_hint
-from ..run import run, spawn, which
+from ..errors import DiskError, host_package_hint
+from ..run import run, spawn
 from . import parttable
-from .parttable import Layout, Partition
-
-EXT = ("ext2", "ext3", "ext4")
-LOOP_FS = ("xfs", "btrfs")  # besides ext*, what a loop mount reads for the auto backend
-#: The fix where libguestfs has no kernel to build its appliance from.
-GUESTFS_KERNEL_FIX = "give libguestfs a kernel to build its appliance from: " + host_package_hint(
-    "linux-image-amd64"
-)
+from .parttable import Layout
 
 
 @dataclass(frozen=True)
@@ -53,15 +35,6 @@ class DiskInfo:
     format: str  # qemu format name
     virtual_size: int
     backing: str | None = None
-
-
-@dataclass(frozen=True)
-class RootView:
-    """A mounted root filesystem; ``boot`` is the XBOOTLDR partition mounted apart, if any."""
-
-    root: Path
-    boot: Path | None
-    backend: DiskBackend
 
 
 def probe(path: Path) -> DiskInfo:
@@ -79,47 +52,6 @@ def probe(path: Path) -> DiskInfo:
         int(info["virtual-size"]),
         info.get("full-backing-filename") or info.get("backing-filename"),
     )
-
-
-def _open_in_root(root: Path, rel: str, flags: int) -> int:
-    """Open ``root/rel`` without following any symlink (the image's links point into the
-    host's filesystem, not the image's)."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        parts = [p for p in rel.split("/") if p]
-        for part in parts[:-1]:
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
-def read_in_root(root: Path, rel: str) -> bytes | None:
-    """The content of regular file ``rel`` of a mounted image, None if it is not one."""
-    try:
-        fd = _open_in_root(root, rel, os.O_RDONLY)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        return f.read() if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
-
-
-def listdir_in_root(root: Path, rel: str) -> list[str] | None:
-    """Names in directory ``rel`` of a mounted image, None if it is not a directory."""
-    try:
-        fd = _open_in_root(root, rel, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
-    try:
-        return sorted(os.listdir(fd))
-    finally:
-        os.close(fd)
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0 and Path("/dev/loop-control").exists()
 
 
 class Server:
@@ -262,151 +194,3 @@ def _wait_ready(proc: subprocess.Popen[bytes], sock: Path | None, fuse_file: Pat
             return
         time.sleep(0.02)
     raise DiskError("qemu-storage-daemon did not start within 30 s", hint="check the disk image")
-
-
-def choose_backend(
-    requested: DiskBackend, root: Partition, *, guestfs_missing: str | None = None
-) -> DiskBackend:
-    """The backend for ``root``: as requested, or the fastest that can read it.
-
-    ``guestfs_missing`` is why libguestfs cannot run here (None: it can); ``auto``
-    then reads an xfs or btrfs root with a loop mount as root, and otherwise names the
-    cause and the fix.
-    """
-    ext = root.fstype in EXT
-    if requested is DiskBackend.AUTO:
-        if ext:
-            return DiskBackend.LOOP if is_root() else DiskBackend.FUSE
-        if guestfs_missing is None:
-            return DiskBackend.GUESTFS
-        kind = "an LVM" if root.fstype == "LVM2_member" else f"a {root.fstype or 'unknown'}"
-        if root.fstype in LOOP_FS and is_root():
-            return DiskBackend.LOOP
-        fix = GUESTFS_KERNEL_FIX
-        if root.fstype in LOOP_FS:
-            fix += ", or run as root to read it with a loop mount"
-        raise DiskError(f"cannot read {kind} root filesystem: {guestfs_missing}", hint=fix)
-    if requested is DiskBackend.FUSE and not ext:
-        raise DiskError(
-            f"fuse2fs cannot read a {root.fstype or 'unknown'} root filesystem",
-            hint="use --disk-backend guestfs",
-        )
-    if requested is DiskBackend.LOOP:
-        if not is_root():
-            raise DiskError(
-                "--disk-backend loop needs root and loop devices",
-                hint="run as root, or use --disk-backend fuse",
-            )
-        if root.fstype not in (*EXT, *LOOP_FS):
-            raise DiskError(
-                f"a loop mount cannot read a {root.fstype or 'unknown'} root",
-                hint="use --disk-backend guestfs",
-            )
-    return requested
-
-
-def find_root(layout: Layout) -> Partition:
-    root = parttable.pick_root(layout)
-    if root is None:
-        found = ", ".join(f"{p.number}:{p.fstype or '?'}" for p in layout.partitions) or "none"
-        raise DiskError(
-            f"no Linux root filesystem found on the disk (partitions: {found})",
-            hint="is this a bootable Linux disk image?",
-        )
-    return root
-
-
-@contextlib.contextmanager
-def mount_root(
-    server: Server, layout: Layout, backend: DiskBackend, workdir: Path
-) -> Iterator[RootView]:
-    """Mount the root (and XBOOTLDR /boot) read-only with ``backend`` until the block exits."""
-    root = find_root(layout)
-    if backend is DiskBackend.GUESTFS:
-        raise DiskError("internal: libguestfs disks are streamed, not mounted on the host")
-    if root.fstype == "LVM2_member":
-        raise DiskError("the root filesystem is on LVM", hint="use --disk-backend guestfs")
-    with contextlib.ExitStack() as stack:
-        rdir = stack.enter_context(_mount_one(server, root, backend, workdir / "root"))
-        fstab = rdir / "etc/fstab"
-        boot = parttable.pick_boot(
-            layout, fstab.read_text(errors="replace") if fstab.is_file() else ""
-        )
-        bdir = None
-        if boot is not None and boot != root:
-            bdir = stack.enter_context(_mount_one(server, boot, backend, workdir / "boot"))
-        yield RootView(rdir, bdir, backend)
-
-
-@contextlib.contextmanager
-def _mount_one(server: Server, part: Partition, backend: DiskBackend, mnt: Path) -> Iterator[Path]:
-    if server.fuse_file is None:
-        raise DiskError("internal: mount needs a server started with fuse=True")
-    mnt.mkdir(exist_ok=True)
-    if backend is DiskBackend.LOOP:
-        dev = (
-            run(
-                [
-                    "losetup",
-                    "--read-only",
-                    "--offset",
-                    str(part.start),
-                    "--sizelimit",
-                    str(part.size),
-                    "--find",
-                    "--show",
-                    server.fuse_file,
-                ]
-            )
-            .stdout.decode()
-            .strip()
-        )
-        try:
-            opts = {"xfs": "ro,norecovery", "btrfs": "ro,norecovery"}.get(part.fstype, "ro,noload")
-            fstype = part.fstype if part.fstype in ("xfs", "btrfs") else "ext4"
-            run(["mount", "-t", fstype, "-o", opts, dev, mnt])
-            try:
-                yield mnt
-            finally:
-                run(["umount", mnt], check=False)
-        finally:
-            run(["losetup", "-d", dev], check=False)
-        return
-    if part.fstype not in EXT:
-        raise DiskError(
-            f"fuse2fs cannot read a {part.fstype or 'unknown'} filesystem "
-            f"(partition {part.number})",
-            hint="use --disk-backend guestfs",
-        )
-    argv = [
-        "fuse2fs",
-        "-f",
-        os.fspath(server.fuse_file),
-        os.fspath(mnt),
-        "-o",
-        f"ro,fakeroot,offset={part.start}",
-    ]
-    with spawn(argv) as proc:
-        deadline = time.monotonic() + 30
-        while os.stat(mnt).st_dev == os.stat(mnt.parent).st_dev:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise DiskError(
-                    f"fuse2fs could not mount partition {part.number}: {err.strip()}",
-                    hint="try --disk-backend guestfs",
-                )
-            time.sleep(0.02)
-        try:
-            yield mnt
-        finally:
-            _fuse_unmount(mnt)
-
-
-def _fuse_unmount(mnt: Path) -> None:
-    for tool in ("fusermount3", "fusermount"):
-        try:
-            if run([which(tool), "-u", mnt], check=False).returncode == 0:
-                return
-        except ToolNotFoundError:
-            continue
-    run(["umount", mnt], check=False)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.tree import Config, DiskBackend
-from ..disk import access
+from ..disk import access, backends, root_mount
 from ..errors import DiskError
 from ..progress import Progress
 from ..sources.basedisk import BaseDisk
@@ -42,8 +42,8 @@ def export_raw(
 ) -> None:
     with access.serve(info, work) as server:
         layout = server.layout()
-    root = access.find_root(layout)
-    use_debugfs = root.fstype in access.EXT and cfg.output.disk_backend is not DiskBackend.GUESTFS
+    root = root_mount.find_root(layout)
+    use_debugfs = root.fstype in backends.EXT and cfg.output.disk_backend is not DiskBackend.GUESTFS
     facts.root = f"{root.number}:{root.fstype}"
     facts.backend = "debugfs" if use_debugfs else "guestfs"
     if not use_debugfs:
@@ -52,7 +52,7 @@ def export_raw(
         if (missing := appliance.unavailable_reason()) is not None:
             raise DiskError(
                 f"cannot add /curtin to the {root.fstype} root of a dd image: {missing}",
-                hint=f"{access.GUESTFS_KERNEL_FIX}, or make a tar output (--filetype tgz)",
+                hint=f"{backends.GUESTFS_KERNEL_FIX}, or make a tar output (--filetype tgz)",
             )
     ov = overlay.create(info, work)
     if use_debugfs:

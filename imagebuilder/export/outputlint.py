@@ -159,7 +159,7 @@ def read_tar(stream: IO[bytes]) -> tuple[Tree, int]:
 @contextlib.contextmanager
 def _disk_tree(path: Path, comp: str, report: InspectReport) -> Iterator[Tree]:
     """Decompress a dd image into a sparse scratch file and read its root."""
-    from ..disk import access
+    from ..disk import access, backends, root_mount
     from . import overlay
 
     with tempfile.TemporaryDirectory(prefix="imagebuilder-inspect-") as tmp:
@@ -174,13 +174,13 @@ def _disk_tree(path: Path, comp: str, report: InspectReport) -> Iterator[Tree]:
         info = access.probe(raw)
         with access.serve(info, Path(tmp), fuse=True) as server:
             layout = server.layout()
-            root = access.find_root(layout)
+            root = root_mount.find_root(layout)
             report.facts["disk"] = {
                 "size": info.virtual_size,
                 "table": layout.table,
                 "root": f"{root.number}:{root.fstype}",
             }
-            if root.fstype in access.EXT:
+            if root.fstype in backends.EXT:
                 assert server.fuse_file is not None
                 ed = overlay.DebugfsEditor(server.fuse_file, root.start, Path(tmp), None)
                 yield _tree_from_editor(ed.read, ed.entries)

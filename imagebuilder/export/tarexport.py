@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 
 from ..config.tree import Config, DiskBackend
-from ..disk import access, parttable
+from ..disk import access, backends, parttable, root_files, root_mount
 from ..progress import Progress
 from ..sources.basedisk import BaseDisk
 from . import compress, curtin, tarstream
@@ -60,7 +60,7 @@ def export_tar(
     want_fuse = cfg.output.disk_backend is not DiskBackend.GUESTFS
     with access.serve(info, work, fuse=want_fuse) as server:
         layout = server.layout()
-        root = access.find_root(layout)
+        root = root_mount.find_root(layout)
         backend = _backend(cfg, root, progress)
         facts.root, facts.backend = f"{root.number}:{root.fstype}", backend.value
         if backend is not DiskBackend.GUESTFS:
@@ -69,7 +69,7 @@ def export_tar(
                     f"the root filesystem of {info.path.name} was not cleanly unmounted; "
                     "reading it without replaying its journal"
                 )
-            with access.mount_root(server, layout, backend, work) as view:
+            with root_mount.mount_root(server, layout, backend, work) as view:
                 _tar_mounted(view, cfg, base, sink, facts, progress, codec)
             return
     _tar_guestfs(info, layout, cfg, base, work, sink, facts, progress, codec)
@@ -81,9 +81,9 @@ def _backend(cfg: Config, root: parttable.Partition, progress: Progress) -> Disk
 
     requested = cfg.output.disk_backend
     missing = None
-    if requested is DiskBackend.AUTO and root.fstype not in access.EXT:
+    if requested is DiskBackend.AUTO and root.fstype not in backends.EXT:
         missing = appliance.unavailable_reason()
-    backend = access.choose_backend(requested, root, guestfs_missing=missing)
+    backend = backends.choose_backend(requested, root, guestfs_missing=missing)
     if missing is not None:
         progress.info(
             f"libguestfs cannot run here ({missing}): "
@@ -93,7 +93,7 @@ def _backend(cfg: Config, root: parttable.Partition, progress: Progress) -> Disk
 
 
 def _tar_mounted(
-    view: access.RootView,
+    view: root_mount.RootView,
     cfg: Config,
     base: BaseDisk | None,
     sink: AtomicOutput,
@@ -101,8 +101,8 @@ def _tar_mounted(
     progress: Progress,
     codec: compress.Codec,
 ) -> None:
-    facts.package_db = access.read_in_root(view.root, cfg.release.family.packages.database)
-    existing = access.listdir_in_root(view.root, "curtin")
+    facts.package_db = root_files.read_in_root(view.root, cfg.release.family.packages.database)
+    existing = root_files.listdir_in_root(view.root, "curtin")
     files = curtin.hook_files(cfg, base, existing or [])
     facts.curtin = [f.name for f in files if not f.is_dir]
     mtime = facts.epoch if facts.epoch is not None else view.root.stat().st_mtime_ns // 10**9
