@@ -109,3 +109,38 @@ def test_no_module_shadows_the_standard_library(path: Path) -> None:
     # A tool that puts the package folder on sys.path would import ours instead.
     if path.stem not in ("__init__", "__main__"):
         assert path.stem not in sys.stdlib_module_names, f"rename {path.relative_to(PKG.parent)}"
+
+
+MAX_LINES = 400
+
+
+def _module_problems(path: Path) -> list[str]:
+    """What the layout rules say of one module: its length and its docstring."""
+    text = path.read_text()
+    out = []
+    lines = len(text.splitlines())
+    if lines > MAX_LINES:
+        out.append(f"{lines} lines (split it: one job per module, at most {MAX_LINES})")
+    if not ast.get_docstring(ast.parse(text)):
+        out.append("no docstring saying its role and what it must not do")
+    return out
+
+
+def test_every_module_is_short_and_says_its_role() -> None:
+    found = {
+        str(p.relative_to(PKG.parent)): problems
+        for p in sorted(PKG.rglob("*.py"))
+        if p.name != "__main__.py" and (problems := _module_problems(p))
+    }
+    assert found == {}
+
+
+def test_the_module_rules_catch_a_long_or_silent_module(tmp_path: Path) -> None:
+    long = tmp_path / "long.py"
+    long.write_text('"""Role."""\n' + "x = 1\n" * MAX_LINES)
+    silent = tmp_path / "silent.py"
+    silent.write_text("x = 1\n")
+    assert _module_problems(long) == [
+        f"{MAX_LINES + 1} lines (split it: one job per module, at most {MAX_LINES})"
+    ]
+    assert _module_problems(silent) == ["no docstring saying its role and what it must not do"]
