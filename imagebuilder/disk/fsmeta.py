@@ -51,19 +51,23 @@ def read_xattrs(path: bytes) -> dict[str, bytes]:
     return out
 
 
-def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
+def data_regions(fd: int, size: int, base: int = 0) -> list[tuple[int, int]]:
     """(offset, length) of the non-zero _SCAN-aligned blocks of a sparse file.
 
     The map depends on the content only, not on how the filesystem is read (a
     loop mount reports holes at the filesystem's block size, fuse2fs reports
     none): SEEK_DATA/SEEK_HOLE only say which aligned blocks need reading at all.
+    ``base`` is where the file's first byte is in ``fd`` (a spool of many files);
+    offsets and alignment are relative to it.
     """
     extents: list[tuple[int, int]] = []
     pos = 0
     try:
         while pos < size:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-            pos = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            start = os.lseek(fd, base + pos, os.SEEK_DATA) - base
+            if start >= size:
+                break
+            pos = min(os.lseek(fd, base + start, os.SEEK_HOLE) - base, size)
             a, b = start - start % _SCAN, min(size, -(-pos // _SCAN) * _SCAN)
             if extents and extents[-1][1] >= a:
                 extents[-1] = (extents[-1][0], b)
@@ -77,7 +81,7 @@ def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
     for start, end in extents:
         pos = start
         while pos < end:
-            buf = os.pread(fd, min(_READ, end - pos), pos)
+            buf = os.pread(fd, min(_READ, end - pos), base + pos)
             if not buf:
                 break
             if buf.count(0) != len(buf):

@@ -169,6 +169,41 @@ class TarWriter:
         self.write(_header(name, meta, typeflag, size=size, linkname=linkname, rdev=rdev))
         self.stats.entries += 1
 
+    def file(
+        self,
+        arc: bytes,
+        meta: Meta,
+        xattrs: Mapping[str, bytes],
+        fd: int,
+        size: int,
+        regions: list[tuple[int, int]],
+        base: int = 0,
+    ) -> None:
+        """A regular file of ``size`` bytes read from ``fd`` at ``base``: sparse (GNU pax
+        1.0) unless ``regions`` (its data, from :func:`data_regions`) is all of it."""
+        if regions != [(0, size)]:  # sparse: the map, then the data regions
+            if not regions or regions[-1][0] + regions[-1][1] < size:
+                regions = [*regions, (size, 0)]
+            smap = f"{len(regions)}\n".encode() + b"".join(
+                f"{o}\n{n}\n".encode() for o, n in regions
+            )
+            smap += _pad(len(smap))
+            data_len = sum(n for _, n in regions)
+            self.emit(arc, meta, b"0", size=len(smap) + data_len, xattrs=xattrs, sparse_size=size)
+            self.write(smap)
+        else:
+            data_len = size
+            self.emit(arc, meta, b"0", size=size, xattrs=xattrs)
+        for off, n in regions:
+            end = off + n
+            while off < end:
+                buf = os.pread(fd, min(_READ, end - off), base + off)
+                if not buf:
+                    raise OSError(f"{arc.decode(errors='replace')} shrank while read")
+                self.data(buf)
+                off += len(buf)
+        self.write(_pad(data_len))
+
     def synthetic(self, arc: bytes, syn: Synthetic) -> None:
         mtime = syn.mtime if syn.mtime is not None else (self.epoch or 0)
         meta = Meta(syn.mode, syn.uid, syn.gid, self.clamp(mtime))
@@ -206,33 +241,11 @@ class _Walker:
     def regular(
         self, arc: bytes, path: bytes, st: os.stat_result, meta: Meta, xattrs: dict[str, bytes]
     ) -> None:
-        tw = self.tw
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             size = st.st_size
             regions = data_regions(fd, size) if st.st_blocks * 512 < size else [(0, size)]
-            if regions != [(0, size)]:  # sparse: the map, then the data regions
-                if not regions or regions[-1][0] + regions[-1][1] < size:
-                    regions.append((size, 0))
-                smap = f"{len(regions)}\n".encode() + b"".join(
-                    f"{o}\n{n}\n".encode() for o, n in regions
-                )
-                smap += _pad(len(smap))
-                data_len = sum(n for _, n in regions)
-                tw.emit(arc, meta, b"0", size=len(smap) + data_len, xattrs=xattrs, sparse_size=size)
-                tw.write(smap)
-            else:
-                data_len = size
-                tw.emit(arc, meta, b"0", size=size, xattrs=xattrs)
-            for off, n in regions:
-                end = off + n
-                while off < end:
-                    buf = os.pread(fd, min(_READ, end - off), off)
-                    if not buf:
-                        raise OSError(f"{arc.decode(errors='replace')} shrank while read")
-                    tw.data(buf)
-                    off += len(buf)
-            tw.write(_pad(data_len))
+            self.tw.file(arc, meta, xattrs, fd, size, regions)
         finally:
             os.close(fd)
 
