@@ -396,11 +396,6 @@ def test_an_lvm_root_without_libguestfs_names_the_cause_and_the_fix(
 @pytest.mark.root
 @pytest.mark.vm
 @pytest.mark.guestfs
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 19): retar keeps libguestfs' stream order, write_tree sorts; "
-    "same members, different order",
-)
 def test_xfs_loop_fallback_export_is_byte_identical_to_libguestfs(
     xfs_rich_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,8 +1,9 @@
 """libguestfs access to disks the host kernel should not mount (LVM, xfs, btrfs).
 
-Two uses: :func:`tar_out` streams a disk's root (with its /boot) as a GNU tar
-for :func:`imagebuilder.export.tarstream.retar` (much faster than ``mount_local``, whose
-per-request round trips take many minutes for a full root under TCG); and
+Two uses: reading a disk's root for a tar output, where :func:`tar_out` streams
+it (with its /boot) as a GNU tar for :class:`imagebuilder.export.retar.Spool` (much faster
+than ``mount_local``, whose per-request round trips take many minutes for a full
+root under TCG) and :func:`sparse_files` tells which of its files are sparse; and
 :class:`GuestfsEditor` reads files and adds files to the root of a *throwaway
 overlay* for dd outputs. The appliance runs under TCG unless told otherwise (KVM guests hang on
 some hosts, and libguestfs then hangs with them). The Python binding ``guestfs``
@@ -16,8 +17,9 @@ import contextlib
 import functools
 import glob
 import os
+import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -160,6 +162,32 @@ def tar_out(g: Any, workdir: Path) -> Iterator[BinaryIO]:
     thread.join(timeout=120)
     if errors:
         raise DiskError(f"libguestfs tar-out failed: {errors[0]}", hint=HINT)
+
+
+def sparse_files(g: Any, paths: Iterable[bytes]) -> set[bytes]:
+    """Those of ``paths`` (relative to /) that are regular files with fewer blocks than
+    their size: what :func:`imagebuilder.export.tarstream.write_tree` stores as sparse. One call
+    per directory; names that are not UTF-8 cannot be passed, and count as not sparse."""
+    by_dir: dict[bytes, list[bytes]] = {}
+    for path in paths:
+        parent, _, name = path.rpartition(b"/")
+        by_dir.setdefault(parent, []).append(name)
+    found: set[bytes] = set()
+    for parent, names in sorted(by_dir.items()):
+        ok = [n for n in names if _is_utf8(n)] if _is_utf8(parent) else []
+        stats = g.lstatnslist("/" + parent.decode(), [n.decode() for n in ok]) if ok else []
+        for name, st in zip(ok, stats, strict=True):
+            if stat.S_ISREG(st["st_mode"]) and st["st_blocks"] * 512 < st["st_size"]:
+                found.add(parent + b"/" + name if parent else name)
+    return found
+
+
+def _is_utf8(name: bytes) -> bool:
+    try:
+        name.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class GuestfsEditor:

@@ -140,25 +140,32 @@ def _tar_guestfs(
     codec: compress.Codec,
 ) -> None:
     from ..disk import appliance
+    from . import retar
 
     progress.info("reading the disk through libguestfs (starting its appliance)")
-    with appliance.session(info, readonly=True, force_tcg=force_tcg(cfg, progress)) as g:
-        appliance.mount_fs(g, layout, readonly=True)
-        reader = appliance.GuestfsEditor(g)
-        facts.package_db = reader.read("/" + cfg.release.family.packages.database)
-        existing = reader.listdir("/curtin")
-        files = curtin.hook_files(cfg, base, existing or [])
-        facts.curtin = [f.name for f in files if not f.is_dir]
-        mtime = facts.epoch if facts.epoch is not None else reader.root_mtime()
-        tick = Throttle(progress, "export", reader.used_bytes())
-        with appliance.tar_out(g, work) as stream, compress.Compressor(sink.write, codec) as comp:
-            stats = tarstream.retar(
+    with retar.Spool(work) as spool:  # sorted as write_tree sorts, so loop and libguestfs agree
+        with appliance.session(info, readonly=True, force_tcg=force_tcg(cfg, progress)) as g:
+            appliance.mount_fs(g, layout, readonly=True)
+            reader = appliance.GuestfsEditor(g)
+            facts.package_db = reader.read("/" + cfg.release.family.packages.database)
+            existing = reader.listdir("/curtin")
+            files = curtin.hook_files(cfg, base, existing or [])
+            facts.curtin = [f.name for f in files if not f.is_dir]
+            mtime = facts.epoch if facts.epoch is not None else reader.root_mtime()
+            read = Throttle(progress, "read", reader.used_bytes())
+            with appliance.tar_out(g, work) as stream:
+                spool.take(stream, on_progress=read)
+            read.finish()
+            sparse = appliance.sparse_files(g, spool.maybe_sparse())
+        tick = Throttle(progress, "export", spool.data_bytes)
+        with compress.Compressor(sink.write, codec) as comp:
+            stats = spool.write(
                 comp,
-                stream,
                 epoch=facts.epoch,
+                sparse=sparse,
                 overlay=_curtin_overlay(existing, files, mtime),
                 emptied=EMPTIED,
                 on_progress=tick,
             )
-        tick.finish()
-        facts.stream_bytes, facts.emptied = comp.size, stats.emptied
+    tick.finish()
+    facts.stream_bytes, facts.emptied = comp.size, stats.emptied

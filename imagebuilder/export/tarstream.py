@@ -21,7 +21,7 @@ import os
 import stat
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from ..disk.fsmeta import acl_text, data_regions, read_xattrs
 
@@ -329,77 +329,5 @@ def write_tree(
     ov = {os.fsencode(k.strip("/")): v for k, v in (overlay or {}).items()}
     mt = {os.fsencode(k.strip("/")): os.fsencode(v) for k, v in (mounts or {}).items()}
     _Walker(tw, ov, mt, {os.fsencode(e.strip("/")) for e in emptied}).entry(b"", os.fsencode(root))
-    tw.end()
-    return tw.stats
-
-
-def retar(
-    out: Writable,
-    src: BinaryIO,
-    *,
-    epoch: int | None,
-    overlay: Mapping[str, Synthetic] | None = None,
-    emptied: Collection[str] = (),
-    on_progress: Callable[[int], None] | None = None,
-) -> Stats:
-    """Re-encode a GNU tar stream (libguestfs ``tar_out``) in this module's format.
-
-    Entries keep the stream's order (the source's directory order, the same on
-    every run: libguestfs cannot sort). Overlay entries replace members of the same
-    name; the others are added at the end, parents first.
-    """
-    import tarfile
-
-    tw = TarWriter(out, epoch, on_progress)
-    ov = {k.strip("/"): v for k, v in (overlay or {}).items()}
-    gone = {e.strip("/") for e in emptied}
-    with tarfile.open(fileobj=src, mode="r|") as tf:
-        for m in tf:
-            rel = "" if m.name in (".", "./", "/") else m.name.removeprefix("./").strip("/")
-            arc = b"./" + os.fsencode(rel)
-            if rel in ov:
-                tw.synthetic(arc, ov.pop(rel))
-                continue
-            meta = Meta(m.mode, m.uid, m.gid, tw.clamp(int(m.mtime)))
-            xattrs = {
-                k[13:]: v.encode("utf-8", "surrogateescape")
-                for k, v in m.pax_headers.items()
-                if k.startswith("SCHILY.xattr.")
-            }
-            link = os.fsencode(m.linkname)
-            if m.isdir():
-                tw.emit(arc.rstrip(b"/") + b"/", meta, b"5", xattrs=xattrs)
-            elif m.islnk():
-                tw.emit(arc, meta, b"1", linkname=b"./" + link.removeprefix(b"./").lstrip(b"/"))
-            elif m.issym():
-                tw.emit(arc, meta, b"2", linkname=link, xattrs=xattrs)
-            elif m.ischr() or m.isblk():
-                tw.emit(
-                    arc,
-                    meta,
-                    b"3" if m.ischr() else b"4",
-                    rdev=os.makedev(m.devmajor, m.devminor),
-                    xattrs=xattrs,
-                )
-            elif m.isfifo():
-                tw.emit(arc, meta, b"6", xattrs=xattrs)
-            elif m.isreg() and rel in gone:
-                tw.emit(arc, meta, b"0", xattrs=xattrs)
-                if m.size:
-                    tw.stats.emptied.append(rel)
-            elif m.isreg():
-                tw.emit(arc, meta, b"0", size=m.size, xattrs=xattrs)
-                f = tf.extractfile(m)
-                assert f is not None
-                left = m.size
-                while left:
-                    buf = f.read(min(_READ, left))
-                    if not buf:
-                        raise OSError(f"tar stream ended inside {rel}")
-                    tw.data(buf)
-                    left -= len(buf)
-                tw.write(_pad(m.size))
-    for rel in sorted(ov):
-        tw.synthetic(b"./" + os.fsencode(rel), ov[rel])
     tw.end()
     return tw.stats
