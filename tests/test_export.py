@@ -347,7 +347,7 @@ def xfs_rich_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("xfsrich")
     src = base / "src"
     src.mkdir()
-    minimal_root(src)
+    populate(src)  # hard links, a sparse file, ACLs, a capability, devices, long names
     (src / "etc/hostname").write_text("xfs-root\n")
     os.symlink("hostname", src / "etc/hostname.link")
     return make_disk(base / "xfs.qcow2", [Part(src, 320, fstype="xfs")])
