@@ -1,5 +1,5 @@
-"""libguestfs' tar stream of a root, re-encoded as :func:`imagebuilder.tarstream.write_tree`
-writes the same tree, so a disk exports to the same bytes whichever way it is read.
+"""libguestfs' tar stream of a root, re-encoded as ``tarstream.write_tree`` writes the
+same tree, so a disk exports to the same bytes whichever way it is read.
 
 GNU tar in the appliance emits members in directory order, write_tree in sorted
 (byte) order. :class:`Spool` takes the whole stream first (:meth:`Spool.take`), then
