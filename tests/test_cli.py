@@ -89,3 +89,17 @@ def test_locked_without_lock_file(tmp_path: Path, capsys: pytest.CaptureFixture[
     lock = tmp_path / "none.lock"
     assert cli.main(["bookworm", "--base", "bootstrap", "--locked", "--lock", str(lock)]) == 2
     assert "no lock file" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    """``imagebuilder releases | head -0``: the pipe closes before we write."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagebuilder", "releases"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

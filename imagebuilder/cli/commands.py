@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ from types import FrameType
 
 from ..errors import ImageBuilderError
 from .build_commands import cmd_build, cmd_export, cmd_fetch, cmd_shell
-from .exitcodes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .exitcodes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .grammar import PROG, build_parser, build_sub_parser
 from .info_commands import cmd_cache, cmd_inspect, cmd_releases
 from .maas_commands import cmd_maas, cmd_test, cmd_upload
@@ -100,6 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; cleaned up", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our output went away (``imagebuilder releases | head``): stop
+        # quietly, as other tools do, instead of a traceback when Python flushes stdout.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def main_entry() -> None:

@@ -9,3 +9,4 @@ nothing here decides a code or imports anything.
 from __future__ import annotations
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # the reader of our output went away, as a shell reports SIGPIPE
