@@ -49,7 +49,8 @@ from imagebuilder.installer import build as installer_build
 from imagebuilder.progress import Progress
 from imagebuilder.sources.basedisk import BaseDisk
 from imagebuilder.vm import buildenv, steps
-from imagebuilder.vm.ssh import BuildLog, Result
+from imagebuilder.vm.ssh import BuildLog
+from tests.fakes.guest import FakeGuest
 
 PKG = Path(__file__).resolve().parent.parent / "imagebuilder"
 DB = "var/lib/tinypkg/installed"
@@ -179,19 +180,6 @@ def test_config_and_the_releases_table_take_the_family(
     assert row.split()[:3] == ["tinyos", "1.0", "pebble"]
 
 
-class _Guest:
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def run(self, command: str, **_: Any) -> Result:
-        self.commands.append(command)
-        return Result(0, ())
-
-    def output(self, command: str, **_: Any) -> str:
-        self.commands.append(command)
-        return "1700000000" if "btime" in command else ""
-
-
 def test_provisioning_speaks_the_family_package_manager(tiny: None, tmp_path: Path) -> None:
     cfg = _cfg(http_proxy="http://127.0.0.1:3128")
     cloud = BaseDisk(Path("/b.img"), "qcow2", "0" * 64, "test", 0, "cloud", None)
@@ -199,7 +187,7 @@ def test_provisioning_speaks_the_family_package_manager(tiny: None, tmp_path: Pa
     assert not steps.purges_kernel(cloud, cfg)
     env = buildenv.build_env(cfg)
     assert env["TINYPKG_YES"] == "1" and "DEBIAN_FRONTEND" not in env
-    guest = _Guest()
+    guest = FakeGuest()
     s = steps.Session(
         cfg, cloud, cast(Any, None), cast(Any, guest), BuildLog(tmp_path / "build.log"),
         Progress(), "tcg", 60.0, env,

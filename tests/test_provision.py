@@ -15,7 +15,8 @@ from imagebuilder.families import apt
 from imagebuilder.progress import Progress
 from imagebuilder.sources.basedisk import BaseDisk
 from imagebuilder.vm import buildenv, httpserve, provision, seed, steps
-from imagebuilder.vm.ssh import BuildLog, Result
+from imagebuilder.vm.ssh import BuildLog
+from tests.fakes.guest import FakeGuest
 
 
 def _cfg(**opts: object) -> Config:
@@ -99,21 +100,6 @@ def test_build_env_never_prompts() -> None:
 def test_build_env_carries_the_outputs_epoch() -> None:
     env = buildenv.build_env(_cfg(), 1_700_000_000)
     assert env == {"DEBIAN_FRONTEND": "noninteractive", "SOURCE_DATE_EPOCH": "1700000000"}
-
-
-class FakeGuest:
-    """Records the commands a step sends; every one succeeds."""
-
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def run(self, command: str, **_: Any) -> Result:
-        self.commands.append(command)
-        return Result(0, ())
-
-    def output(self, command: str, **_: Any) -> str:
-        self.commands.append(command)
-        return "1700000123" if "btime" in command else ""
 
 
 def _session(tmp_path: Path, cfg: Config, guest: FakeGuest) -> steps.Session:
