@@ -6,7 +6,7 @@ local inputs (:class:`Inputs`), the tool version. :func:`to_toml` writes it
 canonically (the same lock always gives the same bytes, so :attr:`Lock.digest` is
 stable and the manifest can record it); :func:`from_toml` reads it back and reports
 a damaged file as a ConfigError. Pure data: no network, no cache, no printing;
-``lock`` does the resolving and checking.
+``lock`` resolves, ``lock_check`` checks.
 """
 
 from __future__ import annotations
