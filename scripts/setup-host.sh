@@ -17,7 +17,7 @@ PACKAGES=(
   qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64
   nbdkit nbdfuse libnbd-bin python3-libnbd python3-guestfs guestfish fuse2fs
   mmdebstrap gpgv gpg e2fsprogs dosfstools fdisk gdisk xfsprogs
-  python3-venv python3-dev pigz xz-utils bzip2 binfmt-support qemu-user-static parted
+  python3-venv python3-dev pigz xz-utils bzip2 binfmt-support qemu-user-static arch-test parted
   debian-archive-keyring iproute2 mtools busybox
 )
 missing=()

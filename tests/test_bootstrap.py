@@ -349,6 +349,20 @@ def test_missing_host_tools_are_named_with_their_packages(
     assert "mcopy" in info.value.message and info.value.hint == host_package_hint("mtools")
 
 
+def test_a_foreign_arch_bootstrap_asks_for_the_tool_s_extra_programs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("imagebuilder.run.which", _which_without({"arch-test"}))
+    assert hostcheck.missing_tools("mmdebstrap") == {}
+    assert hostcheck.missing_tools("mmdebstrap", {"arch-test": "arch-test"}) == {
+        "arch-test": "arch-test"
+    }
+    monkeypatch.setattr(hostcheck, "emulated", lambda arch: arch == "arm64")
+    with pytest.raises(BootstrapError) as info:
+        bootstrap_base(cfg_for(tmp=tmp_path, arch="arm64"), Progress())
+    assert "arch-test" in info.value.message and info.value.hint == host_package_hint("arch-test")
+
+
 def _which_without(absent: set[str]) -> Any:
     from imagebuilder.errors import ToolNotFoundError
 
@@ -407,7 +421,7 @@ def test_a_failed_build_leaves_only_its_log(
         raise BootstrapError("mmdebstrap bookworm failed (exit 1)", details="E: the mirror")
 
     monkeypatch.setattr("os.geteuid", lambda: 0)
-    monkeypatch.setattr(hostcheck, "missing_tools", lambda tool=None: {})
+    monkeypatch.setattr(hostcheck, "missing_tools", lambda tool=None, extra=None: {})
     monkeypatch.setattr(bootstrap, "_build", failing_build)
     with pytest.raises(BootstrapError) as info:
         bootstrap_base(cfg, Progress())

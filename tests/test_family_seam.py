@@ -110,6 +110,7 @@ TINY_TOOL = BootstrapTool(
     index_dir="var/lib/tinypkg/index",
     scratch=("var/cache/tinypkg",),
     emulated_env={},
+    foreign_arch_tools={},
     relay=lambda line: None,
     initramfs=lambda version: ["tiny-initrd", version],
     locale=lambda name: ({}, ["tiny-locale", name]),

@@ -84,7 +84,8 @@ def bootstrap_base(cfg: Config, progress: Progress) -> BaseDisk:
             "--base bootstrap needs root (loop devices, mounts, chroot)",
             hint="run as root or with sudo, or use --base cloud",
         )
-    missing = hostcheck.missing_tools(rec.tool.name)
+    foreign = rec.tool.foreign_arch_tools if hostcheck.emulated(rec.arch) else {}
+    missing = hostcheck.missing_tools(rec.tool.name, foreign)
     if missing:
         raise BootstrapError(
             f"--base bootstrap needs {', '.join(missing)}, not installed",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 
 from .. import run
@@ -27,11 +28,13 @@ HOST_TOOLS = {
 }  # fmt: skip
 
 
-def missing_tools(family_tool: str | None = None) -> dict[str, str]:
+def missing_tools(
+    family_tool: str | None = None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Programs a build needs that are not installed, with their packages (the family's
-    tool is its own package)."""
+    tool is its own package; ``extra``: more programs and their packages)."""
     found = {}
-    wanted = {**({family_tool: family_tool} if family_tool else {}), **HOST_TOOLS}
+    wanted = {**({family_tool: family_tool} if family_tool else {}), **HOST_TOOLS, **(extra or {})}
     for tool, pkg in wanted.items():
         try:
             run.which(tool)

@@ -126,6 +126,8 @@ def tool(*, locale_gen_takes_name: bool) -> BootstrapTool:
         # An emulated root gets no initramfs from the package scripts (under qemu-user
         # one takes ~10 minutes and dpkg would make two): the one needed is made after.
         emulated_env={"INITRD": "No"},
+        # mmdebstrap refuses a foreign --arch without it ("install arch-test").
+        foreign_arch_tools={"arch-test": "arch-test"},
         relay=_relay,
         initramfs=lambda version: ["update-initramfs", "-c", "-k", version],
         locale=lambda name: locale_steps(name, takes_name=locale_gen_takes_name),

@@ -137,6 +137,7 @@ class BootstrapTool:
     index_dir: str  # where the tool leaves the indexes in the root (emptied afterwards)
     scratch: tuple[str, ...]  # directories of the root kept in RAM while it runs
     emulated_env: Mapping[str, str]  # extra environment when the arch is emulated
+    foreign_arch_tools: Mapping[str, str]  # host programs (-> packages) it needs then
     relay: Callable[[str], str | None]  # a line of its log -> progress text, if worth it
     initramfs: Callable[[str], list[str]]  # kernel version -> the chroot command making one
     #: locale name -> (files to write, relative to the root; the chroot command)
