@@ -94,8 +94,7 @@ TINY_INSTALLER = InstallerKind(
     fatal=("tinyinstall: FAILED",),
     iso_dir_url=None,
     iso_pick=None,
-    netboot_package=None,
-    netboot_members=None,
+    netboot=None,
     components=None,
     pending_question=lambda text: None,
 )
@@ -120,7 +119,6 @@ TINY = Family(
     name="tinyos",
     title="TinyOS",
     packages=TINY_PM,
-    cloud_mirror="https://images.tinyos.invalid",
     image_filename=lambda rel, arch, released: f"tinyos-{rel.version}-{arch}.qcow2",
     image_dir_url=lambda rel, mirror, serial, released: f"{mirror or 'https://x'}/{rel.codename}",
     archive_mirror=lambda arch: "http://archive.tinyos.invalid/tiny",

@@ -43,7 +43,6 @@ FAMILY = Family(
     name="debian",
     title="Debian",
     packages=apt.GUEST,
-    cloud_mirror=CLOUD_MIRROR,
     image_filename=_image_filename,
     image_dir_url=_image_dir_url,
     archive_mirror=lambda arch: ARCHIVE,

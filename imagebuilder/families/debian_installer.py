@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..resources import data_dir
-from .seam import TERMINAL_CODES, AnswerRequest, Components, InstallerKind
+from .seam import TERMINAL_CODES, AnswerRequest, Components, InstallerKind, NetbootPackage
 
 __all__ = [
     "KIND",
@@ -265,8 +265,7 @@ KIND = InstallerKind(
     fatal=("Installation step failed", "Unable to install GRUB"),
     iso_dir_url=None,
     iso_pick=None,
-    netboot_package=netboot_package,
-    netboot_members=member_paths,
+    netboot=NetbootPackage(package=netboot_package, members=member_paths),
     components=Components(index_url=udeb_index_url, needed=_needed),
     pending_question=pending_question,
 )

@@ -85,6 +85,14 @@ class Components:
 
 
 @dataclass(frozen=True)
+class NetbootPackage:
+    """A netboot installer shipped as a package of the release's archive."""
+
+    package: Callable[[str, str], str]  # (series, arch) -> its package name
+    members: Callable[[str, str], tuple[str, str]]  # (series, arch) -> kernel, initrd in it
+
+
+@dataclass(frozen=True)
 class InstallerKind:
     """A family's OS installer, as the installer wing runs it with no keystrokes."""
 
@@ -100,10 +108,8 @@ class InstallerKind:
     #: that directory's SHA256SUMS is it; None: no download (a local --iso, or netboot).
     iso_dir_url: Callable[[Release, str, str | None], str] | None
     iso_pick: Callable[[str, str], IsoEntry] | None  # (SHA256SUMS text, arch) -> the ISO
-    #: Without --iso, boot the netboot installer shipped as a package of the archive:
-    #: (series, arch) -> its package name, and its kernel and initrd inside the package.
-    netboot_package: Callable[[str, str], str] | None
-    netboot_members: Callable[[str, str], tuple[str, str]] | None
+    #: Without --iso, boot the netboot installer shipped as a package of the archive.
+    netboot: NetbootPackage | None
     components: Components | None  # checked on the mirror before a netboot install
     #: The question its text frontend waits on at the end of the console text, if any.
     pending_question: Callable[[str], str | None]
@@ -151,7 +157,6 @@ class Family:
     name: str  # the os-release ID and the ``distro`` column
     title: str  # for MAAS titles: "Debian"
     packages: GuestPackages
-    cloud_mirror: str
     #: (release, arch, released) -> image file name; (release, mirror, serial, released) -> dir.
     image_filename: Callable[[Release, str, bool], str]
     image_dir_url: Callable[[Release, str | None, str | None, bool], str]

@@ -40,7 +40,6 @@ FAMILY = Family(
     name="ubuntu",
     title="Ubuntu",
     packages=apt.GUEST,
-    cloud_mirror=CLOUD_MIRROR,
     image_filename=_image_filename,
     image_dir_url=_image_dir_url,
     archive_mirror=lambda arch: ARCHIVE if arch == "amd64" else PORTS,

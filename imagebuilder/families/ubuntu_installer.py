@@ -100,8 +100,7 @@ KIND = InstallerKind(
     ),
     iso_dir_url=live_server_dir_url,
     iso_pick=find_live_server_iso,
-    netboot_package=None,
-    netboot_members=None,
+    netboot=None,
     components=None,
     pending_question=lambda text: None,
 )

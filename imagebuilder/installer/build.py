@@ -92,7 +92,7 @@ def _boot_media(
     cfg: Config, kind: InstallerKind, work: Path, progress: Progress, cmdline: str
 ) -> tuple[installer.InstallerBoot, _Source]:
     """The installer's kernel and initrd: out of its ISO, or the netboot installer."""
-    if cfg.source.iso is not None or kind.netboot_package is None:
+    if cfg.source.iso is not None or kind.netboot is None:
         iso = isofetch.installer_iso(cfg, progress)
         files = installer.extract_boot_files(iso.path, work, cfg.arch, kind)
         boot = installer.InstallerBoot(files.kernel, files.initrd, cmdline, cdrom=iso.path)

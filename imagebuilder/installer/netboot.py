@@ -27,7 +27,7 @@ from typing import IO
 
 from ..config.tree import Config
 from ..errors import ConfigError, OfflineError, SourceError, host_package_hint
-from ..families.seam import InstallerKind
+from ..families.seam import NetbootPackage
 from ..progress import Progress
 from ..sources import cache
 
@@ -61,20 +61,14 @@ class Netboot:
             return None
 
 
-def _kind(cfg: Config) -> InstallerKind:
+def _netboot(cfg: Config) -> NetbootPackage:
     kind = cfg.release.family.installer
-    if kind is None or kind.netboot_package is None or kind.netboot_members is None:
+    if kind is None or kind.netboot is None:
         raise ConfigError(
             f"{cfg.series} has no netboot installer in its archive",
             hint="pass the installer ISO with --iso PATH",
         )
-    return kind
-
-
-def _package(cfg: Config) -> str:
-    kind = _kind(cfg)
-    assert kind.netboot_package is not None
-    return kind.netboot_package(cfg.series, cfg.arch)
+    return kind.netboot
 
 
 def _root(cfg: Config) -> Path:
@@ -83,7 +77,7 @@ def _root(cfg: Config) -> Path:
 
 def cached_netboot(cfg: Config) -> Netboot | None:
     """The newest complete netboot installer for ``cfg`` already in the cache, if any."""
-    package = _package(cfg)
+    package = _netboot(cfg).package(cfg.series, cfg.arch)
     found = sorted(
         (d for d in _root(cfg).glob(f"{package}_*") if (d / "meta.json").is_file()),
         key=lambda d: d.stat().st_mtime,
@@ -151,9 +145,8 @@ _VERSION = re.compile(r"_([^_]+)_[^_]+\.[a-z]+$")
 
 def netboot_files(cfg: Config, progress: Progress) -> Netboot:
     """Kernel and initrd of the netboot installer for ``cfg`` (cached, verified on fetch)."""
-    kind = _kind(cfg)
-    assert kind.netboot_members is not None
-    package = _package(cfg)
+    netboot = _netboot(cfg)
+    package = netboot.package(cfg.series, cfg.arch)
     family = cfg.release.family
     if cfg.source.offline:
         found = cached_netboot(cfg)
@@ -172,7 +165,7 @@ def netboot_files(cfg: Config, progress: Progress) -> Netboot:
         dest = root / f"{package}_{version}"
         if (nb := Netboot.load(dest)) is not None:
             return nb
-        kernel_member, initrd_member = kind.netboot_members(cfg.series, cfg.arch)
+        kernel_member, initrd_member = netboot.members(cfg.series, cfg.arch)
         files = work / "files"
         files.mkdir()
         wanted = {kernel_member: files / "linux", initrd_member: files / "initrd.gz"}
