@@ -94,7 +94,7 @@ def test_bootstrap_without_binfmt_fails_in_one_line_naming_the_fix(
 ) -> None:
     monkeypatch.setattr(hostcheck, "BINFMT_DIR", tmp_path / "nowhere")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(hostcheck, "missing_tools", lambda tool=None, extra=None: {})
+    monkeypatch.setattr(hostcheck, "missing_tools", lambda extra=None: {})
     cfg = resolve(
         {"series": "bookworm", "base": "bootstrap", "arch": "arm64", "cache_dir": str(tmp_path)},
         environ={},

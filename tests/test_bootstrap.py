@@ -353,8 +353,8 @@ def test_a_foreign_arch_bootstrap_asks_for_the_tool_s_extra_programs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("imagebuilder.run.which", _which_without({"arch-test"}))
-    assert hostcheck.missing_tools("mmdebstrap") == {}
-    assert hostcheck.missing_tools("mmdebstrap", {"arch-test": "arch-test"}) == {
+    assert hostcheck.missing_tools({"mmdebstrap": "mmdebstrap"}) == {}
+    assert hostcheck.missing_tools({"mmdebstrap": "mmdebstrap", "arch-test": "arch-test"}) == {
         "arch-test": "arch-test"
     }
     monkeypatch.setattr(hostcheck, "emulated", lambda arch: arch == "arm64")
@@ -421,7 +421,7 @@ def test_a_failed_build_leaves_only_its_log(
         raise BootstrapError("mmdebstrap bookworm failed (exit 1)", details="E: the mirror")
 
     monkeypatch.setattr("os.geteuid", lambda: 0)
-    monkeypatch.setattr(hostcheck, "missing_tools", lambda tool=None, extra=None: {})
+    monkeypatch.setattr(hostcheck, "missing_tools", lambda extra=None: {})
     monkeypatch.setattr(bootstrap, "_build", failing_build)
     with pytest.raises(BootstrapError) as info:
         bootstrap_base(cfg, Progress())

@@ -85,7 +85,7 @@ def bootstrap_base(cfg: Config, progress: Progress) -> BaseDisk:
             hint="run as root or with sudo, or use --base cloud",
         )
     foreign = rec.tool.foreign_arch_tools if hostcheck.emulated(rec.arch) else {}
-    missing = hostcheck.missing_tools(rec.tool.name, foreign)
+    missing = hostcheck.missing_tools({rec.tool.name: rec.tool.name, **foreign})
     if missing:
         raise BootstrapError(
             f"--base bootstrap needs {', '.join(missing)}, not installed",

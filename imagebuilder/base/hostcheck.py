@@ -28,13 +28,11 @@ HOST_TOOLS = {
 }  # fmt: skip
 
 
-def missing_tools(
-    family_tool: str | None = None, extra: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """Programs a build needs that are not installed, with their packages (the family's
-    tool is its own package; ``extra``: more programs and their packages)."""
+def missing_tools(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Programs a build needs that are not installed, with their packages (``extra``: the
+    family tool's own programs and their packages)."""
     found = {}
-    wanted = {**({family_tool: family_tool} if family_tool else {}), **HOST_TOOLS, **(extra or {})}
+    wanted = {**(extra or {}), **HOST_TOOLS}  # the family tool first, as it always was
     for tool, pkg in wanted.items():
         try:
             run.which(tool)
