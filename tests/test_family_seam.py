@@ -39,9 +39,9 @@ from imagebuilder.families.seam import (
     BootstrapJob,
     BootstrapTool,
     Family,
-    GuestPackages,
     InstallerKind,
     Packages,
+    PackageSystem,
     Release,
     Resolution,
 )
@@ -69,7 +69,7 @@ def _unused(*_: Any) -> Any:
     raise AssertionError("the look-alike family has no such host step")
 
 
-TINY_PM = GuestPackages(
+TINY_PM = PackageSystem(
     name="tinypkg",
     env={"TINYPKG_YES": "1"},
     refresh="tinypkg sync",
@@ -81,6 +81,13 @@ TINY_PM = GuestPackages(
     native="tinypkg",
     proxy_file="/etc/tinypkg/proxy",
     proxy_conf=lambda env: "".join(f"proxy {v}\n" for k, v in sorted(env.items())),
+    archive_source=lambda mirror, suite, comps: f"tiny {mirror} {suite}",
+    fetch_package=_unused,
+    package_payload=cast(Any, _unused),
+    bootloaders_script="bootloaders.sh",
+    hygiene_script="hygiene.sh",
+    curtin_installs={"amd64": {"BIOS": ("tiny-grub-pc",), "UEFI": ("tiny-grub-efi",)}},
+    resolve_versions=lambda *a: Resolution({"tiny-base": "1.0"}, {}),
 )
 
 TINY_INSTALLER = InstallerKind(
@@ -126,17 +133,10 @@ TINY = Family(
     keyring_package="tinyos-keyring",
     bootstrap_components=("core",),
     security_mirror=lambda mirror: None,
-    archive_source=lambda mirror, suite, comps: f"tiny {mirror} {suite}",
-    fetch_package=_unused,
-    package_payload=cast(Any, _unused),
     kernel_package=lambda arch, flavour: f"tiny-kernel-{arch}",
     maas_installs_kernel=False,
     maas_base_image=lambda rel: "ubuntu/jammy",
     bootloader_id="tinyos",
-    bootloaders_script="bootloaders.sh",
-    hygiene_script="hygiene.sh",
-    curtin_installs={"amd64": {"BIOS": ("tiny-grub-pc",), "UEFI": ("tiny-grub-efi",)}},
-    resolve_versions=lambda *a: Resolution({"tiny-base": "1.0"}, {}),
     separate_resolved=lambda rel: False,
     installer=TINY_INSTALLER,
     extended_support="tiny extended",

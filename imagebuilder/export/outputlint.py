@@ -313,7 +313,7 @@ def _bootloader_problems(tree: Tree, pkgs: Packages, family: Family) -> list[str
     installed = {p["name"] for p in pkgs}
     carried = {n.split("_")[0] for n in tree.listdir("curtin/debs") if n.endswith(".deb")}
     out = []
-    for firmware, wants in family.curtin_installs.get(arch, {}).items():
+    for firmware, wants in family.packages.curtin_installs.get(arch, {}).items():
         missing = [p for p in wants if p not in installed and not (p == wants[0] and p in carried)]
         if missing:
             out.append(

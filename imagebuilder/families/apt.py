@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from . import aptresolve
-from .seam import GuestPackages, Packages
+from .seam import Packages, PackageSystem
 
 DPKG_STATUS = "var/lib/dpkg/status"
 #: The guest scripts of ``seeds/`` for dpkg systems (apt, dpkg, debconf, grub packages).
@@ -64,7 +64,8 @@ def proxy_conf(env: Mapping[str, str]) -> str:
     return "// imagebuilder: for the build only, removed before export\n" + "\n".join(lines) + "\n"
 
 
-GUEST = GuestPackages(
+#: The dpkg families' package system: apt and dpkg in the guest and on the host.
+DPKG = PackageSystem(
     name="apt",
     env={"DEBIAN_FRONTEND": "noninteractive"},
     refresh="apt-get -o Acquire::Retries=3 update",
@@ -80,4 +81,11 @@ GUEST = GuestPackages(
     native="dpkg",
     proxy_file=PROXY_FILE,
     proxy_conf=proxy_conf,
+    bootloaders_script=BOOTLOADERS_SCRIPT,
+    hygiene_script=HYGIENE_SCRIPT,
+    curtin_installs=CURTIN_INSTALLS,
+    archive_source=archive_source,
+    fetch_package=aptresolve.fetch_package,
+    package_payload=aptresolve.package_payload,
+    resolve_versions=aptresolve.resolve_versions,
 )

@@ -54,10 +54,12 @@ def package_set(rel: Release, arch: str, extra: tuple[str, ...] = ()) -> tuple[s
 
 def sources(family: Family, mirror: str, suite: str, components: tuple[str, ...]) -> list[str]:
     """sources.list lines: the release, its updates and its security pocket."""
-    lines = [family.archive_source(mirror, s, components) for s in (suite, f"{suite}-updates")]
+    lines = [
+        family.packages.archive_source(mirror, s, components) for s in (suite, f"{suite}-updates")
+    ]
     security = family.security_mirror(mirror)
     if security is not None:
-        lines.append(family.archive_source(security, f"{suite}-security", components))
+        lines.append(family.packages.archive_source(security, f"{suite}-security", components))
     return lines
 
 

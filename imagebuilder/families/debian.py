@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from . import apt, apt_bootstrap, aptresolve, debian_installer
+from . import apt, apt_bootstrap, debian_installer
 from .seam import Family, Release
 
 CLOUD_MIRROR = "https://cloud.debian.org/images/cloud"
@@ -42,7 +42,7 @@ def _kernel_package(arch: str, flavour: str | None) -> str:
 FAMILY = Family(
     name="debian",
     title="Debian",
-    packages=apt.GUEST,
+    packages=apt.DPKG,
     image_filename=_image_filename,
     image_dir_url=_image_dir_url,
     archive_mirror=lambda arch: ARCHIVE,
@@ -54,13 +54,6 @@ FAMILY = Family(
     maas_installs_kernel=False,
     maas_base_image=lambda rel: MAAS_BASE_IMAGE,
     bootloader_id="debian",
-    curtin_installs=apt.CURTIN_INSTALLS,
-    bootloaders_script=apt.BOOTLOADERS_SCRIPT,
-    hygiene_script=apt.HYGIENE_SCRIPT,
-    resolve_versions=aptresolve.resolve_versions,
-    archive_source=apt.archive_source,
-    fetch_package=aptresolve.fetch_package,
-    package_payload=aptresolve.package_payload,
     separate_resolved=lambda rel: float(rel.version) >= 12,
     installer=debian_installer.KIND,
     extended_support="Debian LTS (security only)",

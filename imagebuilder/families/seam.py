@@ -35,8 +35,11 @@ Packages = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
-class GuestPackages:
-    """The package manager inside the build VM, as shell text run as root."""
+class PackageSystem:
+    """A family's package system: its package manager inside the build VM (shell text
+    run as root), the guest scripts and curtin rules that depend on it, and the host's
+    tools for its archives (sources lines, fetching and unpacking a package, resolving
+    what a bootstrap installs)."""
 
     name: str  # what the build log calls it ("apt")
     env: Mapping[str, str]  # for every root command: no prompts
@@ -49,6 +52,22 @@ class GuestPackages:
     native: str  # a package always installed for the system's own architecture
     proxy_file: str  # where the build's proxy settings go (removed by hygiene)
     proxy_conf: Callable[[Mapping[str, str]], str]
+    #: Scripts of ``seeds/`` the build VM runs for this family: both firmwares' boot
+    #: loaders in the image, and the hygiene that removes every trace of the build.
+    bootloaders_script: str
+    hygiene_script: str
+    #: What curtin's hooks install at deploy when missing: arch -> firmware -> packages,
+    #: the first being the one a carried package file may stand in for.
+    curtin_installs: Mapping[str, Mapping[str, tuple[str, ...]]]
+    #: (mirror, suite, components) -> the package manager's line for that archive.
+    archive_source: Callable[[str, str, tuple[str, ...]], str]
+    #: (sources, arch, keyring, package, directory) -> that package's file, downloaded and
+    #: verified by the host's package tools; and a package file's contents as a tar stream.
+    fetch_package: Callable[[Sequence[str], str, Path, str, Path], Path]
+    package_payload: Callable[[Path], AbstractContextManager[IO[bytes]]]
+    #: What a bootstrap from the mirror installs, resolved on the host without a VM:
+    #: (sources lines, suite, arch, keyring, packages) -> resolution.
+    resolve_versions: Callable[[Sequence[str], str, str, Path, Sequence[str]], Resolution]
 
 
 #: Terminal control sequences in serial console text, as installers print it.
@@ -156,7 +175,7 @@ class Family:
 
     name: str  # the os-release ID and the ``distro`` column
     title: str  # for MAAS titles: "Debian"
-    packages: GuestPackages
+    packages: PackageSystem
     #: (release, arch, released) -> image file name; (release, mirror, serial, released) -> dir.
     image_filename: Callable[[Release, str, bool], str]
     image_dir_url: Callable[[Release, str | None, str | None, bool], str]
@@ -171,22 +190,6 @@ class Family:
     maas_installs_kernel: bool
     maas_base_image: Callable[[Release], str]
     bootloader_id: str  # the EFI directory grub is installed under
-    #: Scripts of ``seeds/`` the build VM runs for this family: both firmwares' boot
-    #: loaders in the image, and the hygiene that removes every trace of the build.
-    bootloaders_script: str
-    hygiene_script: str
-    #: What curtin's hooks install at deploy when missing: arch -> firmware -> packages,
-    #: the first being the one a carried package file may stand in for.
-    curtin_installs: Mapping[str, Mapping[str, tuple[str, ...]]]
-    #: (mirror, suite, components) -> the package manager's line for that archive.
-    archive_source: Callable[[str, str, tuple[str, ...]], str]
-    #: (sources, arch, keyring, package, directory) -> that package's file, downloaded and
-    #: verified by the host's package tools; and a package file's contents as a tar stream.
-    fetch_package: Callable[[Sequence[str], str, Path, str, Path], Path]
-    package_payload: Callable[[Path], AbstractContextManager[IO[bytes]]]
-    #: What a bootstrap from the mirror installs, resolved on the host without a VM:
-    #: (sources lines, suite, arch, keyring, packages) -> resolution.
-    resolve_versions: Callable[[Sequence[str], str, str, Path, Sequence[str]], Resolution]
     #: Which release has systemd-resolved as its own package.
     separate_resolved: Callable[[Release], bool]
     installer: InstallerKind | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from . import apt, apt_bootstrap, aptresolve, ubuntu_installer
+from . import apt, apt_bootstrap, ubuntu_installer
 from .seam import Family, Release
 
 CLOUD_MIRROR = "https://cloud-images.ubuntu.com"
@@ -39,7 +39,7 @@ def _image_dir_url(rel: Release, mirror: str | None, serial: str | None, release
 FAMILY = Family(
     name="ubuntu",
     title="Ubuntu",
-    packages=apt.GUEST,
+    packages=apt.DPKG,
     image_filename=_image_filename,
     image_dir_url=_image_dir_url,
     archive_mirror=lambda arch: ARCHIVE if arch == "amd64" else PORTS,
@@ -51,13 +51,6 @@ FAMILY = Family(
     maas_installs_kernel=True,
     maas_base_image=lambda rel: f"ubuntu/{rel.codename}",
     bootloader_id="ubuntu",
-    curtin_installs=apt.CURTIN_INSTALLS,
-    bootloaders_script=apt.BOOTLOADERS_SCRIPT,
-    hygiene_script=apt.HYGIENE_SCRIPT,
-    resolve_versions=aptresolve.resolve_versions,
-    archive_source=apt.archive_source,
-    fetch_package=aptresolve.fetch_package,
-    package_payload=aptresolve.package_payload,
     separate_resolved=lambda rel: float(rel.version) >= 23.04,
     installer=ubuntu_installer.KIND,
     extended_support="ESM only",

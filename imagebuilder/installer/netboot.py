@@ -91,7 +91,7 @@ def cached_netboot(cfg: Config) -> Netboot | None:
 def _sources(cfg: Config) -> list[str]:
     rel = cfg.release
     mirror = (cfg.source.mirror or rel.archive_mirror(cfg.arch)).rstrip("/")
-    return [rel.family.archive_source(mirror, cfg.series, rel.bootstrap_components()[:1])]
+    return [rel.family.packages.archive_source(mirror, cfg.series, rel.bootstrap_components()[:1])]
 
 
 def _keyring(cfg: Config) -> Path:
@@ -159,7 +159,7 @@ def netboot_files(cfg: Config, progress: Progress) -> Netboot:
     root = _root(cfg)
     with _staging(root) as work:
         progress.info(f"fetching {package} from the {family.title} mirror (signed indexes)")
-        pkg = family.fetch_package(_sources(cfg), cfg.arch, _keyring(cfg), package, work)
+        pkg = family.packages.fetch_package(_sources(cfg), cfg.arch, _keyring(cfg), package, work)
         m = _VERSION.search(pkg.name)
         version = (m.group(1) if m else "unknown").replace(":", "%3a")
         dest = root / f"{package}_{version}"
@@ -169,7 +169,7 @@ def netboot_files(cfg: Config, progress: Progress) -> Netboot:
         files = work / "files"
         files.mkdir()
         wanted = {kernel_member: files / "linux", initrd_member: files / "initrd.gz"}
-        with family.package_payload(pkg) as payload:
+        with family.packages.package_payload(pkg) as payload:
             date = _extract(pkg, payload, wanted)
         meta = {
             "package": package,

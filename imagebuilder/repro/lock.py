@@ -78,7 +78,7 @@ def mirror_versions(rec: bootrecipe.Recipe, progress: Progress) -> Resolution:
     progress.info(
         f"resolving {len(rec.packages)} packages and their dependencies with {family.packages.name}"
     )
-    return family.resolve_versions(
+    return family.packages.resolve_versions(
         rec.sources(), rec.suite, rec.arch, Path(rec.keyring), rec.packages
     )
 

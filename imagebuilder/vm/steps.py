@@ -177,7 +177,10 @@ def step_kernel(s: Session) -> None:
 def step_bootloaders(s: Session) -> None:
     """Both firmwares' grub in the image, the conflicting one as a .deb for the curtin hook."""
     header = f"IB_OFFLINE={int(s.cfg.source.offline)}\n"
-    script = header.encode() + (SEEDS_DIR / s.cfg.release.family.bootloaders_script).read_bytes()
+    script = (
+        header.encode()
+        + (SEEDS_DIR / s.cfg.release.family.packages.bootloaders_script).read_bytes()
+    )
     result = s.guest.run(["sh", "-s"], input=script)
     for line in result.tail:
         if line.startswith("bootloaders: warning: "):
@@ -197,7 +200,9 @@ def step_hygiene(s: Session) -> None:
     if s.first_boot is not None:  # exactly: the base's files, even fresh ones, are older
         settings["IB_SINCE"] = str(s.first_boot)
     header = "".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items())
-    script = header.encode() + (SEEDS_DIR / s.cfg.release.family.hygiene_script).read_bytes()
+    script = (
+        header.encode() + (SEEDS_DIR / s.cfg.release.family.packages.hygiene_script).read_bytes()
+    )
     try:
         result = s.guest.run(["sh", "-s"], input=script)
         status, tail = result.status, result.tail_text()
