@@ -61,10 +61,6 @@ def _parse(data: bytes) -> Packages:
     return [{"name": n, "version": v, "architecture": a} for n, v, a in rows]
 
 
-def _versions(text: str) -> dict[str, str]:
-    return {p["name"]: p["version"] for p in _parse(text.encode())}
-
-
 def _unused(*_: Any) -> Any:
     raise AssertionError("the look-alike family has no such host step")
 
@@ -77,7 +73,6 @@ TINY_PM = PackageSystem(
     remove_kernels="tinypkg drop kernel",
     database=DB,
     parse_database=_parse,
-    versions=_versions,
     native="tinypkg",
     proxy_file="/etc/tinypkg/proxy",
     proxy_conf=lambda env: "".join(f"proxy {v}\n" for k, v in sorted(env.items())),

@@ -39,13 +39,19 @@ def disk_versions(disk: Path, family: Family) -> dict[str, str]:
         biggest_first = sorted(layout.partitions, key=lambda p: -p.size)
         for offset in [p.start for p in biggest_first] or [0]:
             proc = run(["debugfs", "-R", f"cat /{db}", f"{raw}?offset={offset}"], check=False)
-            versions = family.packages.versions(proc.stdout.decode("utf-8", "replace"))
+            versions = _versions(family, proc.stdout)
             if proc.returncode == 0 and versions:
                 return versions
     raise SourceError(
         f"no /{db} on any partition of {disk}",
         hint=f"the cached base disk is not a {family.title} root; remove it and build again",
     )
+
+
+def _versions(family: Family, database: bytes) -> dict[str, str]:
+    """Installed name -> version, from the family's own reading of its database."""
+    pkgs = family.packages.parse_database(database)
+    return dict(sorted((p["name"], p["version"]) for p in pkgs if p["version"]))
 
 
 #: (disk path, size, mtime_ns, inode) -> versions: a build checks one base more than once.

@@ -77,7 +77,6 @@ DPKG = PackageSystem(
     ),
     database=DPKG_STATUS,
     parse_database=parse_dpkg_status,
-    versions=aptresolve.status_versions,
     native="dpkg",
     proxy_file=PROXY_FILE,
     proxy_conf=proxy_conf,

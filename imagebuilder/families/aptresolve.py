@@ -6,8 +6,7 @@ keyring, an empty dpkg status, no recommends, the native architecture only), whi
 downloads the signed indexes (``apt-get update``, ~10 MB for Debian main) and
 simulates mmdebstrap's minbase plus the recipe's packages (``apt-get -s``), with
 no root and no VM. ``fetch_package`` downloads one package the same way (the
-netboot installer) and ``package_payload`` streams its files;
-``status_versions`` reads a dpkg status file. Runs host programs through
+netboot installer) and ``package_payload`` streams its files. Runs host programs through
 :mod:`imagebuilder.run` only; never opens a disk or the cache.
 """
 
@@ -196,17 +195,6 @@ def resolve_versions(
         dates = release_dates(lists)
     versions = {name: ver for name, (ver, _) in {**essential, **rest}.items()}
     return Resolution(dict(sorted(versions.items())), dates)
-
-
-def status_versions(status: str) -> dict[str, str]:
-    """Installed packages of a dpkg status file: name -> version."""
-    out: dict[str, str] = {}
-    for block in re.split(r"\n\s*\n", status):
-        name, version = _field(block, "Package"), _field(block, "Version")
-        state = _field(block, "Status") or ""
-        if name and version and state.endswith(" installed"):
-            out[name] = version
-    return dict(sorted(out.items()))
 
 
 def _fetch_step(env: dict[str, str], cwd: Path, package: str, *args: str) -> None:

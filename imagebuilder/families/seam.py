@@ -48,7 +48,6 @@ class PackageSystem:
     remove_kernels: str  # purge every kernel the image carries
     database: str  # the installed-package database, relative to /
     parse_database: Callable[[bytes], Packages]
-    versions: Callable[[str], dict[str, str]]  # database text -> installed name -> version
     native: str  # a package always installed for the system's own architecture
     proxy_file: str  # where the build's proxy settings go (removed by hygiene)
     proxy_conf: Callable[[Mapping[str, str]], str]
