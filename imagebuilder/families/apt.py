@@ -8,7 +8,7 @@ knowledge: nothing here runs a program or opens a disk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from . import aptresolve
 from .seam import Packages, PackageSystem
@@ -30,16 +30,24 @@ CURTIN_INSTALLS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
 }  # fmt: skip
 
 
-def parse_dpkg_status(data: bytes) -> Packages:
-    """Installed packages (name, version, architecture) of a dpkg status file, sorted."""
-    pkgs = []
-    for stanza in data.decode("utf-8", "replace").split("\n\n"):
+def paragraphs(text: str) -> Iterator[dict[str, str]]:
+    """The ``Field: value`` paragraphs of a dpkg status file or Packages index
+    (continuation lines are skipped: nothing here reads a multi-line field)."""
+    for stanza in text.split("\n\n"):
         fields: dict[str, str] = {}
         for line in stanza.splitlines():
             if line[:1] in (" ", "\t") or ":" not in line:
                 continue
             key, _, value = line.partition(":")
             fields[key.strip()] = value.strip()
+        if fields:
+            yield fields
+
+
+def parse_dpkg_status(data: bytes) -> Packages:
+    """Installed packages (name, version, architecture) of a dpkg status file, sorted."""
+    pkgs = []
+    for fields in paragraphs(data.decode("utf-8", "replace")):
         if fields.get("Package") and fields.get("Status", "").split()[-1:] == ["installed"]:
             pkgs.append(
                 {

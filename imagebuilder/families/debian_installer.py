@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..resources import data_dir
+from . import apt
 from .seam import TERMINAL_CODES, AnswerRequest, Components, InstallerKind, NetbootPackage
 
 __all__ = [
@@ -213,18 +214,13 @@ def initrd_packages(members: Iterable[tuple[str, bytes]]) -> tuple[set[str], str
     return have, abi
 
 
-def _stanzas(index: str) -> Iterator[dict[str, str]]:
-    for block in index.split("\n\n"):
-        fields = dict(re.findall(r"^([\w-]+): *(.*)$", block, re.M))
-        if "Package" in fields:
-            yield fields
-
-
 def needed_udebs(index: str, have: set[str], abi: str | None) -> dict[str, str]:
     """Udebs (name -> Filename) the installer will download: priority standard or higher,
     not in the initrd, kernel modules only for the initrd's kernel."""
     out: dict[str, str] = {}
-    for st in _stanzas(index):
+    for st in apt.paragraphs(index):
+        if "Package" not in st:
+            continue
         name = st["Package"]
         if name in have or st.get("Priority") not in _PRIORITIES or "Filename" not in st:
             continue
