@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import io
 import re
+import tarfile
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,7 +34,7 @@ from imagebuilder.cli import main as cli_main
 from imagebuilder.config.tree import Config, resolve
 from imagebuilder.errors import UnknownSeriesError
 from imagebuilder.export import manifest
-from imagebuilder.export.outputlint import Entry, InspectReport, Tree, check_tree
+from imagebuilder.export.outputlint import Entry, InspectReport, Tree, check_tree, read_tar
 from imagebuilder.families import catalogue
 from imagebuilder.families.seam import (
     AnswerRequest,
@@ -218,6 +220,19 @@ def test_manifest_and_inspect_read_the_family_database(tiny: None, tmp_path: Pat
         "has no mirror (rebuild with this imagebuilder)"
     ]
     assert any("TinyOS image without /curtin/curtin-hooks" in p for p in report.problems)
+
+
+def test_inspect_reads_a_registered_family_database_out_of_a_tar(tiny: None) -> None:
+    """The files inspect extracts are asked of the catalogue when it reads, not at import."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in ((DB, b"tinypkg 1.0 amd64\n"), ("etc/os-release", b"ID=tinyos\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    tree, _ = read_tar(buf)
+    assert tree.files[DB] == b"tinypkg 1.0 amd64\n"
 
 
 def test_the_installer_stage_serves_the_kind_answers(tiny: None, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from ..errors import InspectError
 from ..families import catalogue
 from ..families.seam import Family, Packages
 
-#: Files whose content the checks read (relative to the image root).
+#: Files whose content the checks read, besides the families' databases (wanted_files).
 WANTED = (
     "curtin/CUSTOM_KERNEL",
     "etc/machine-id",
@@ -43,8 +43,15 @@ WANTED = (
     "etc/fstab",
     "etc/os-release",
     "usr/lib/os-release",
-    *sorted({f.packages.database for f in catalogue.FAMILIES}),
 )
+
+
+def wanted_files() -> tuple[str, ...]:
+    """What the checks read: :data:`WANTED` and the package database of every family the
+    catalogue holds now (asked at read time, so a family registered later counts)."""
+    return (*WANTED, *sorted({f.packages.database for f in catalogue.FAMILIES}))
+
+
 BUILD_USER = "imagebuilder-build"
 FILETYPES = {
     ("gzip", "tar"): "tgz",
@@ -141,14 +148,15 @@ def _rel(name: str) -> str:
 
 
 def read_tar(stream: IO[bytes]) -> tuple[Tree, int]:
-    """Index a tar stream: entries, the WANTED files' contents, and its uncompressed size."""
+    """Index a tar stream: entries, the wanted files' contents, and its uncompressed size."""
     tree = Tree()
+    wanted = frozenset(wanted_files())
     with tarfile.open(fileobj=stream, mode="r|") as tf:
         for m in tf:
             rel = _rel(m.name)
             kind = stat.S_IFDIR if m.isdir() else stat.S_IFLNK if m.issym() else stat.S_IFREG
             tree.entries[rel] = Entry(kind | (m.mode & 0o7777), m.uid, m.size, m.linkname)
-            if rel in WANTED and m.isreg():
+            if rel in wanted and m.isreg():
                 f = tf.extractfile(m)
                 if f is not None:
                     tree.files[rel] = f.read()
@@ -199,7 +207,7 @@ def _tree_from_editor(read: Any, entries: Any) -> Tree:
     for d in ("", "boot", "curtin", "etc", "etc/ssh", "home", "usr/bin", "usr/sbin"):
         for name, (mode, uid, size) in (entries("/" + d) or {}).items():
             tree.entries[f"{d}/{name}".strip("/")] = Entry(mode, uid, size)
-    for rel in WANTED:
+    for rel in wanted_files():
         data = read("/" + rel)
         if data is not None:
             tree.files[rel] = data
